@@ -1,0 +1,39 @@
+"""
+A guard for plain-HTTP listeners against clients that try TLS first.
+
+containers/image clients (skopeo, podman) open a TLS handshake even when told
+the registry is insecure, and fall back to HTTP only when it fails.  An HTTP
+server that waits for a request line stalls them for many seconds; closing
+the connection at the first byte of a TLS ClientHello lets them fall back at
+once.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IProtocol
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+_TLS_HANDSHAKE = 0x16
+
+
+class _RefuseTLS(ProtocolWrapper):
+    _checked = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._checked and data:
+            self._checked = True
+            if data[0] == _TLS_HANDSHAKE:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
+        super().dataReceived(data)
+
+
+class RefuseTLSFactory(WrappingFactory):
+    """
+    Wraps an HTTP factory so that a TLS ClientHello is refused at once.
+    """
+
+    protocol = _RefuseTLS  # type: ignore[assignment]
+
+    def buildProtocol(self, addr: object) -> IProtocol | None:
+        return super().buildProtocol(addr)  # type: ignore[no-any-return]

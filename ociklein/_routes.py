@@ -1,0 +1,266 @@
+"""
+The HTTP face of the registry: Klein routes that parse a request, call the
+core, and format the answer.  No spec rule lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from ociklein import errors
+from ociklein._download import BlobSender, parseRange
+from ociklein._streaming import requestBody
+from ociklein.core import Page, RegistryCore
+from ociklein.errors import OCIError
+
+log = Logger()
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+_ROUTES: list[tuple[str, re.Pattern[str]]] = [
+    ("base", re.compile(r"/v2/?")),
+    ("catalog", re.compile(r"/v2/_catalog")),
+    ("manifest", re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)")),
+    ("uploads", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?")),
+    ("upload", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<uploadId>[^/]+)")),
+    ("blob", re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)")),
+    ("tags", re.compile(r"/v2/(?P<name>.+)/tags/list")),
+    ("referrers", re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)")),
+]
+
+Handler = Callable[..., Awaitable[bytes | None]]
+
+
+def _header(request: IRequest, name: str) -> str | None:
+    value = request.getHeader(name.encode())
+    return None if value is None else value.decode("latin-1")
+
+
+def _arg(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode())  # type: ignore[attr-defined]
+    return None if not values else values[0].decode("utf-8", "replace")
+
+
+def _respond(
+    request: IRequest,
+    status: int,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    contentType: str | None = None,
+) -> bytes:
+    request.setResponseCode(status)
+    for key, value in (headers or {}).items():
+        request.setHeader(key, value)
+    if contentType is not None:
+        request.setHeader("Content-Type", contentType)
+    request.setHeader("Content-Length", str(len(body)))
+    return body
+
+
+def _json(request: IRequest, status: int, document: Any, headers: dict[str, str] | None = None) -> bytes:
+    return _respond(request, status, headers, json.dumps(document).encode(), "application/json")
+
+
+def _error(request: IRequest, error: OCIError) -> bytes:
+    return _respond(request, error.status, error.headers, error.body(), "application/json")
+
+
+def _uploadHeaders(name: str, uploadId: str, size: int) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{uploadId}",
+        "Range": f"0-{max(size - 1, 0)}",
+        "Docker-Upload-UUID": uploadId,
+    }
+
+
+def _blobCreated(request: IRequest, name: str, digest: str) -> bytes:
+    return _respond(
+        request, 201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest}
+    )
+
+
+def _nextLink(path: str, page: Page, extra: dict[str, str] | None = None) -> dict[str, str]:
+    if page.nextLast is None:
+        return {}
+    query = urlencode({**(extra or {}), "n": page.limit, "last": page.nextLast}, quote_via=quote)
+    return {"Link": f'<{path}?{query}>; rel="next"'}
+
+
+class RegistryRoutes:
+    """
+    The Klein application serving one L{RegistryCore}.
+    """
+
+    app = Klein()
+
+    def __init__(self, core: RegistryCore) -> None:
+        self.core = core
+        self._handlers: dict[tuple[str, str], Handler] = {
+            ("base", "GET"): self.base,
+            ("catalog", "GET"): self.catalog,
+            ("manifest", "GET"): self.getManifest,
+            ("manifest", "PUT"): self.putManifest,
+            ("manifest", "DELETE"): self.deleteManifest,
+            ("uploads", "POST"): self.startUpload,
+            ("upload", "GET"): self.uploadStatus,
+            ("upload", "PATCH"): self.patchUpload,
+            ("upload", "PUT"): self.putUpload,
+            ("upload", "DELETE"): self.cancelUpload,
+            ("blob", "GET"): self.getBlob,
+            ("blob", "DELETE"): self.deleteBlob,
+            ("tags", "GET"): self.tags,
+            ("referrers", "GET"): self.referrers,
+        }
+
+    @app.handle_errors(HTTPException)
+    def _werkzeugError(self, request: IRequest, failure: Failure) -> bytes:
+        exc = failure.value
+        status = getattr(exc, "code", None) or 404
+        code = "UNSUPPORTED" if status == 405 else "NAME_UNKNOWN"
+        return _error(request, OCIError(status, code, exc.description or "not found", {}))  # type: ignore[union-attr]
+
+    @app.route("/", branch=True, methods=_METHODS)
+    async def dispatch(self, request: IRequest) -> bytes | None:
+        """
+        Route on the raw (still percent-encoded) path, so that no encoded
+        slash or dot ever turns into a path separator.
+        """
+        request.setHeader("Docker-Distribution-API-Version", "registry/2.0")
+        path = request.path.decode("latin-1")  # type: ignore[attr-defined]
+        method = request.method.decode("latin-1").upper()  # type: ignore[attr-defined]
+        try:
+            for route, pattern in _ROUTES:
+                match = pattern.fullmatch(path)
+                if match is None:
+                    continue
+                lookup = "GET" if method == "HEAD" else method
+                handler = self._handlers.get((route, lookup))
+                if handler is None:
+                    raise errors.unsupported(f"{method} is not allowed on {route}")
+                return await handler(request, **match.groupdict())
+            raise OCIError(404, "NAME_UNKNOWN", "no such endpoint", {"path": path})
+        except OCIError as e:
+            return _error(request, e)
+        except Exception:
+            log.failure("unexpected error serving {method} {path}", method=method, path=path)
+            return _error(request, OCIError(500, "UNKNOWN", "internal server error", {}))
+
+    # -- base and listings ------------------------------------------------
+
+    async def base(self, request: IRequest) -> bytes:
+        return _json(request, 200, {})
+
+    async def catalog(self, request: IRequest) -> bytes:
+        page = await self.core.catalog(_arg(request, "n"), _arg(request, "last"))
+        headers = _nextLink("/v2/_catalog", page)
+        return _json(request, 200, {"repositories": page.items}, headers)
+
+    async def tags(self, request: IRequest, name: str) -> bytes:
+        page = await self.core.listTags(name, _arg(request, "n"), _arg(request, "last"))
+        headers = _nextLink(f"/v2/{name}/tags/list", page)
+        return _json(request, 200, {"name": name, "tags": page.items}, headers)
+
+    async def referrers(self, request: IRequest, name: str, digest: str) -> bytes:
+        artifactType = _arg(request, "artifactType")
+        body = await self.core.referrers(name, digest, artifactType)
+        headers = {"OCI-Filters-Applied": "artifactType"} if artifactType is not None else {}
+        return _respond(request, 200, headers, body, "application/vnd.oci.image.index.v1+json")
+
+    # -- manifests --------------------------------------------------------
+
+    async def getManifest(self, request: IRequest, name: str, reference: str) -> bytes:
+        manifest = await self.core.getManifest(name, reference)
+        body = _respond(
+            request,
+            200,
+            {"Docker-Content-Digest": manifest.digest, "ETag": f'"{manifest.digest}"'},
+            manifest.content,
+            manifest.mediaType,
+        )
+        return body
+
+    async def putManifest(self, request: IRequest, name: str, reference: str) -> bytes:
+        digest, subject = await self.core.putManifest(
+            name, reference, _header(request, "Content-Type"), requestBody(request)
+        )
+        headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+        if subject is not None:
+            headers["OCI-Subject"] = subject
+        return _respond(request, 201, headers)
+
+    async def deleteManifest(self, request: IRequest, name: str, reference: str) -> bytes:
+        await self.core.deleteManifest(name, reference)
+        return _respond(request, 202)
+
+    # -- blobs ------------------------------------------------------------
+
+    async def getBlob(self, request: IRequest, name: str, digest: str) -> bytes | None:
+        size = await self.core.blobSize(name, digest)
+        span = parseRange(_header(request, "Range"), size)
+        headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes", "ETag": f'"{digest}"'}
+        start, end = (0, size - 1) if span is None else span
+        request.setResponseCode(200 if span is None else 206)
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        for key, value in headers.items():
+            request.setHeader(key, value)
+        request.setHeader("Content-Type", "application/octet-stream")
+        request.setHeader("Content-Length", str(end - start + 1))
+        if request.method == b"HEAD" or end < start:  # type: ignore[attr-defined]
+            return b""
+        reader = await self.core.openBlob(name, digest)
+        await BlobSender(reader, start, end - start + 1, request).start()
+        return None
+
+    async def deleteBlob(self, request: IRequest, name: str, digest: str) -> bytes:
+        await self.core.deleteBlob(name, digest)
+        return _respond(request, 202)
+
+    # -- uploads ----------------------------------------------------------
+
+    async def startUpload(self, request: IRequest, name: str) -> bytes:
+        self.core.checkName(name)
+        mount, source, digest = _arg(request, "mount"), _arg(request, "from"), _arg(request, "digest")
+        if mount is not None:
+            if source is not None and await self.core.mountBlob(name, mount, source):
+                return _blobCreated(request, name, mount)
+        elif digest is not None:
+            await self.core.uploadBlob(name, digest, requestBody(request))
+            return _blobCreated(request, name, digest)
+        upload = await self.core.startUpload(name)
+        return _respond(request, 202, _uploadHeaders(name, upload.uploadId, 0))
+
+    async def uploadStatus(self, request: IRequest, name: str, uploadId: str) -> bytes:
+        upload = await self.core.getUpload(name, uploadId)
+        return _respond(request, 204, _uploadHeaders(name, uploadId, upload.size))
+
+    async def patchUpload(self, request: IRequest, name: str, uploadId: str) -> bytes:
+        upload = await self.core.getUpload(name, uploadId)
+        size = await self.core.appendToUpload(
+            upload, requestBody(request), _header(request, "Content-Range")
+        )
+        return _respond(request, 202, _uploadHeaders(name, uploadId, size))
+
+    async def putUpload(self, request: IRequest, name: str, uploadId: str) -> bytes:
+        digest = _arg(request, "digest")
+        upload = await self.core.getUpload(name, uploadId)
+        if digest is None:
+            raise errors.digestInvalid("the digest query parameter is required")
+        await self.core.appendToUpload(upload, requestBody(request), _header(request, "Content-Range"))
+        await self.core.finishUpload(name, upload, digest)
+        return _blobCreated(request, name, digest)
+
+    async def cancelUpload(self, request: IRequest, name: str, uploadId: str) -> bytes:
+        upload = await self.core.getUpload(name, uploadId)
+        await upload.abort()
+        return _respond(request, 204)

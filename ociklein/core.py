@@ -1,0 +1,335 @@
+"""
+The registry core: every rule of the OCI Distribution Specification, written
+once, between the HTTP routes and the storage contracts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from ociklein import errors
+from ociklein._body import Body, readAtMost
+from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, IUpload
+from ociklein.manifests import OCI_INDEX, parseManifest
+from ociklein.names import isDigestShaped, isName, isSupportedDigest, isTag
+
+DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10000
+
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+
+log = Logger()
+
+
+@dataclass
+class StoredManifest:
+    """
+    A manifest as it is served: its exact bytes, media type and digest.
+    """
+
+    mediaType: str
+    content: bytes
+    digest: str
+
+
+@dataclass
+class Page:
+    """
+    One page of a sorted listing, with where the next page starts.
+    """
+
+    items: list[str]
+    nextLast: str | None
+    limit: int
+
+
+def computeDigest(content: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, content).hexdigest()}"
+
+
+def _isIOError(e: BaseException) -> bool:
+    return isinstance(e, OSError)
+
+
+class RegistryCore:
+    """
+    Validates every request against the spec and drives the storage.
+    """
+
+    def __init__(
+        self,
+        manifests: IManifestBackend,
+        blobs: IBlobStore,
+        maxManifestBytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+        defaultPageSize: int = DEFAULT_PAGE_SIZE,
+    ) -> None:
+        self.manifests = manifests
+        self.blobs = blobs
+        self.maxManifestBytes = maxManifestBytes
+        self.defaultPageSize = defaultPageSize
+        self._busyUploads: set[str] = set()
+
+    # -- validation -------------------------------------------------------
+
+    @staticmethod
+    def checkName(name: str) -> None:
+        if not isName(name):
+            raise errors.nameInvalid(name)
+
+    @staticmethod
+    def checkDigest(digest: str) -> None:
+        if not isDigestShaped(digest):
+            raise errors.digestInvalid("malformed digest", digest)
+        if not isSupportedDigest(digest):
+            raise errors.OCIError(
+                400, "DIGEST_INVALID", "unsupported digest algorithm or encoding", {"digest": digest}
+            )
+
+    @staticmethod
+    def _readable(name: str, reference: str) -> bool:
+        """
+        Whether a read of C{reference} in C{name} can possibly succeed.
+        """
+        return isName(name) and (isTag(reference) or isSupportedDigest(reference))
+
+    # -- blobs ------------------------------------------------------------
+
+    async def blobSize(self, name: str, digest: str) -> int:
+        """
+        The size of a blob visible in C{name}; BLOB_UNKNOWN otherwise.
+        """
+        if not isName(name) or not isSupportedDigest(digest):
+            raise errors.blobUnknown(digest)
+        if not await self.blobs.isLinked(name, digest):
+            raise errors.blobUnknown(digest)
+        size = await self.blobs.stat(digest)
+        if size is None:
+            raise errors.blobUnknown(digest)
+        return size
+
+    async def openBlob(self, name: str, digest: str) -> IBlobReader:
+        await self.blobSize(name, digest)
+        reader = await self.blobs.open(digest)
+        if reader is None:
+            raise errors.blobUnknown(digest)
+        return reader
+
+    async def deleteBlob(self, name: str, digest: str) -> None:
+        if not isName(name) or not isSupportedDigest(digest):
+            raise errors.blobUnknown(digest)
+        if not await self.blobs.unlink(name, digest):
+            raise errors.blobUnknown(digest)
+
+    async def mountBlob(self, name: str, digest: str, source: str) -> bool:
+        """
+        Link a blob of C{source} into C{name}; L{False} if C{source} lacks it.
+        """
+        self.checkName(name)
+        self.checkDigest(digest)
+        if not isName(source) or not await self.blobs.isLinked(source, digest):
+            return False
+        await self.blobs.link(name, digest)
+        return True
+
+    # -- uploads ----------------------------------------------------------
+
+    async def startUpload(self, name: str) -> IUpload:
+        self.checkName(name)
+        return await self.blobs.startUpload(name)
+
+    async def getUpload(self, name: str, uploadId: str) -> IUpload:
+        """
+        The session C{uploadId}, which must belong to C{name}.
+        """
+        upload = await self.blobs.getUpload(uploadId) if isName(name) else None
+        if upload is None or upload.repository != name:
+            raise errors.blobUploadUnknown(uploadId)
+        return upload
+
+    async def appendToUpload(
+        self, upload: IUpload, body: Body, contentRange: str | None = None, abortOnLoss: bool = False
+    ) -> int:
+        """
+        Stream C{body} into C{upload}; return the session's new size.
+
+        A chunk that does not start where the session ends is refused (416).
+        An I/O failure of the store aborts the session (507).
+        """
+        if contentRange is not None:
+            match = _CONTENT_RANGE.fullmatch(contentRange.strip())
+            if match is None:
+                raise errors.blobUploadInvalid(f"malformed Content-Range {contentRange!r}", 416)
+            start, end = int(match.group(1)), int(match.group(2))
+            if start != upload.size or end < start:
+                raise errors.blobUploadInvalid(
+                    f"chunk {start}-{end} does not follow {upload.size} bytes already received", 416
+                )
+        if upload.uploadId in self._busyUploads:
+            raise errors.blobUploadInvalid("another request is writing to this upload", 416)
+        self._busyUploads.add(upload.uploadId)
+        try:
+            await body.deliverTo(upload.write)
+        except errors.OCIError:
+            raise
+        except OSError as e:
+            log.failure("upload {uploadId} failed to store", uploadId=upload.uploadId)
+            await upload.abort()
+            raise errors.storageFull(e.strerror or str(e)) from None
+        except Exception:
+            if abortOnLoss:
+                await upload.abort()
+            raise
+        finally:
+            self._busyUploads.discard(upload.uploadId)
+        return upload.size
+
+    async def finishUpload(self, name: str, upload: IUpload, digest: str) -> None:
+        """
+        Verify the session's data against C{digest}, then publish the blob in
+        C{name}.  On a mismatch nothing is stored and the session is ended.
+        """
+        try:
+            self.checkDigest(digest)
+        except errors.OCIError:
+            await upload.abort()
+            raise
+        algorithm, _, expected = digest.partition(":")
+        actual = await upload.digest(algorithm)
+        if actual != expected:
+            await upload.abort()
+            raise errors.digestInvalid(f"content hashes to {algorithm}:{actual}", digest)
+        await upload.commit(digest)
+        await self.blobs.link(name, digest)
+
+    async def uploadBlob(self, name: str, digest: str, body: Body) -> None:
+        """
+        A monolithic upload: the whole blob in one request.
+        """
+        self.checkDigest(digest)
+        upload = await self.startUpload(name)
+        await self.appendToUpload(upload, body, abortOnLoss=True)
+        await self.finishUpload(name, upload, digest)
+
+    # -- manifests --------------------------------------------------------
+
+    async def resolve(self, name: str, reference: str) -> str:
+        """
+        The digest C{reference} names in C{name}; MANIFEST_UNKNOWN otherwise.
+        """
+        if not self._readable(name, reference):
+            raise errors.manifestUnknown(reference)
+        if isSupportedDigest(reference):
+            return reference
+        digest = await self.manifests.resolveTag(name, reference)
+        if digest is None:
+            raise errors.manifestUnknown(reference)
+        return digest
+
+    async def getManifest(self, name: str, reference: str) -> StoredManifest:
+        digest = await self.resolve(name, reference)
+        found = await self.manifests.getManifest(name, digest)
+        if found is None:
+            raise errors.manifestUnknown(reference)
+        return StoredManifest(found[0], found[1], digest)
+
+    async def putManifest(
+        self, name: str, reference: str, contentType: str | None, body: Body
+    ) -> tuple[str, str | None]:
+        """
+        Validate and store a manifest; return its digest and its subject.
+        """
+        self.checkName(name)
+        isDigest = ":" in reference
+        if isDigest:
+            self.checkDigest(reference)
+        elif not isTag(reference):
+            raise errors.tagInvalid(reference)
+        content = await readAtMost(body, self.maxManifestBytes)
+        digest = computeDigest(content, reference.partition(":")[0] if isDigest else "sha256")
+        if isDigest and digest != reference:
+            raise errors.digestInvalid(f"manifest hashes to {digest}", reference)
+        manifest = parseManifest(content, contentType)
+        for blob in manifest.blobs:
+            if not isSupportedDigest(blob) or not await self.blobs.isLinked(name, blob):
+                raise errors.manifestBlobUnknown(blob)
+        for child in manifest.children:
+            if not isSupportedDigest(child) or await self.manifests.getManifest(name, child) is None:
+                raise errors.manifestBlobUnknown(child)
+        descriptor: dict[str, Any] = {
+            "mediaType": manifest.mediaType,
+            "digest": digest,
+            "size": len(content),
+        }
+        if manifest.artifactType is not None:
+            descriptor["artifactType"] = manifest.artifactType
+        if manifest.annotations:
+            descriptor["annotations"] = manifest.annotations
+        await self.manifests.putManifest(
+            name, digest, manifest.mediaType, content, manifest.subject, descriptor
+        )
+        if not isDigest:
+            await self.manifests.setTag(name, reference, digest)
+        return digest, manifest.subject
+
+    async def deleteManifest(self, name: str, reference: str) -> None:
+        """
+        By tag: untag only.  By digest: remove the manifest and its tags.
+        """
+        if not self._readable(name, reference):
+            raise errors.manifestUnknown(reference)
+        if isSupportedDigest(reference):
+            found = await self.manifests.deleteManifest(name, reference)
+        else:
+            found = await self.manifests.deleteTag(name, reference)
+        if not found:
+            raise errors.manifestUnknown(reference)
+
+    # -- listings ---------------------------------------------------------
+
+    def _limit(self, n: str | None) -> int:
+        if n is None or n == "":
+            return self.defaultPageSize
+        if not n.isdigit():
+            raise errors.paginationInvalid(f"n={n!r} is not a non-negative integer")
+        return min(int(n), MAX_PAGE_SIZE)
+
+    @staticmethod
+    def _page(items: list[str], limit: int) -> Page:
+        if len(items) > limit:
+            items = items[:limit]
+            return Page(items, items[-1] if items else None, limit)
+        return Page(items, None, limit)
+
+    async def listTags(self, name: str, n: str | None, last: str | None) -> Page:
+        limit = self._limit(n)
+        if not isName(name):
+            raise errors.nameUnknown(name)
+        found = await self.manifests.listTags(name, last or None, limit + 1)
+        if found is None:
+            raise errors.nameUnknown(name)
+        return self._page(found, limit)
+
+    async def catalog(self, n: str | None, last: str | None) -> Page:
+        limit = self._limit(n)
+        found = await self.manifests.listRepositories(last or None, limit + 1)
+        return self._page(found, limit)
+
+    async def referrers(self, name: str, digest: str, artifactType: str | None) -> bytes:
+        """
+        The image index of manifests whose subject is C{digest}.
+        """
+        if not isDigestShaped(digest):
+            raise errors.digestInvalid("malformed digest", digest)
+        descriptors = await self.manifests.referrers(name, digest) if isName(name) else []
+        if artifactType is not None:
+            descriptors = [d for d in descriptors if d.get("artifactType") == artifactType]
+        descriptors.sort(key=lambda d: d["digest"])
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+        return json.dumps(index, separators=(",", ":")).encode()

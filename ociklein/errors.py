@@ -1,0 +1,95 @@
+"""
+The error codes of the OCI Distribution Specification, raised by the core and
+rendered by the HTTP layer as the spec's JSON error body.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class OCIError(Exception):
+    """
+    A client-visible failure: an HTTP status, a spec error code, a message.
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        """
+        The JSON error document the spec prescribes.
+        """
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        error["detail"] = self.detail if self.detail is not None else {}
+        return json.dumps({"errors": [error]}).encode()
+
+
+def blobUnknown(digest: str) -> OCIError:
+    return OCIError(404, "BLOB_UNKNOWN", "blob unknown to registry", {"digest": digest})
+
+
+def blobUploadUnknown(uploadId: str) -> OCIError:
+    return OCIError(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry", {"uuid": uploadId})
+
+
+def blobUploadInvalid(reason: str, status: int = 400) -> OCIError:
+    return OCIError(status, "BLOB_UPLOAD_INVALID", "blob upload invalid", {"reason": reason})
+
+
+def digestInvalid(reason: str, digest: str | None = None) -> OCIError:
+    detail: dict[str, str] = {"reason": reason}
+    if digest is not None:
+        detail["digest"] = digest
+    return OCIError(400, "DIGEST_INVALID", "provided digest did not match uploaded content", detail)
+
+
+def manifestInvalid(reason: str) -> OCIError:
+    return OCIError(400, "MANIFEST_INVALID", "manifest invalid", {"reason": reason})
+
+
+def manifestBlobUnknown(digest: str) -> OCIError:
+    return OCIError(
+        400, "MANIFEST_BLOB_UNKNOWN", "manifest references a manifest or blob unknown to registry",
+        {"digest": digest},
+    )
+
+
+def manifestUnknown(reference: str) -> OCIError:
+    return OCIError(404, "MANIFEST_UNKNOWN", "manifest unknown to registry", {"reference": reference})
+
+
+def nameInvalid(name: str) -> OCIError:
+    return OCIError(400, "NAME_INVALID", "invalid repository name", {"name": name})
+
+
+def nameUnknown(name: str) -> OCIError:
+    return OCIError(404, "NAME_UNKNOWN", "repository name not known to registry", {"name": name})
+
+
+def tagInvalid(tag: str) -> OCIError:
+    return OCIError(400, "TAG_INVALID", "manifest tag did not match URI", {"tag": tag})
+
+
+def sizeInvalid(reason: str, status: int = 400) -> OCIError:
+    return OCIError(status, "SIZE_INVALID", "provided length did not match content length", {"reason": reason})
+
+
+def paginationInvalid(reason: str) -> OCIError:
+    return OCIError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested", {"reason": reason})
+
+
+def unsupported(reason: str, status: int = 405) -> OCIError:
+    return OCIError(status, "UNSUPPORTED", "the operation is unsupported", {"reason": reason})
+
+
+def storageFull(reason: str) -> OCIError:
+    return OCIError(507, "UNSUPPORTED", "the registry cannot store the data", {"reason": reason})

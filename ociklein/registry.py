@@ -1,0 +1,122 @@
+"""
+The public face of ociklein for embedding: a registry built from two storage
+backends, served as a twisted.web resource, a Site, or an IService.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from ociklein._plainhttp import RefuseTLSFactory
+from ociklein._routes import RegistryRoutes
+from ociklein._streaming import makeSite
+from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES, RegistryCore
+from ociklein.interfaces import IBlobStore, IManifestBackend
+from ociklein.memory import MemoryBlobStore, MemoryManifestBackend
+
+log = Logger()
+
+
+class Registry:
+    """
+    An OCI Distribution v1.1 registry over an L{IManifestBackend} and an
+    L{IBlobStore}; in memory when none are given.
+    """
+
+    def __init__(
+        self,
+        manifests: IManifestBackend | None = None,
+        blobs: IBlobStore | None = None,
+        *,
+        maxManifestBytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+    ) -> None:
+        self.core = RegistryCore(
+            manifests if manifests is not None else MemoryManifestBackend(),
+            blobs if blobs is not None else MemoryBlobStore(),
+            maxManifestBytes=maxManifestBytes,
+        )
+        self._routes = RegistryRoutes(self.core)
+
+    def resource(self) -> IResource:
+        """
+        The registry as a resource for any L{Site}; it serves C{/v2/}.
+
+        Bodies stream into storage only under a Site from L{site}; under any
+        other Site twisted.web buffers them first, which works but costs a
+        copy through a temporary file.
+        """
+        return self._routes.app.resource()  # type: ignore[no-any-return]
+
+    def site(self, reactor: Any = None) -> Site:
+        """
+        A L{Site} serving the registry with streaming request bodies.
+        """
+        return makeSite(self.resource(), reactor=reactor)
+
+    def service(self, listen: list[str], reactor: Any = None, onStop: Any = None) -> IService:
+        """
+        An L{IService} listening on each Twisted server endpoint string.
+        """
+        return _ListeningService(self, listen, reactor, onStop)
+
+
+@implementer(IService)
+class _ListeningService(Service):
+    def __init__(self, registry: Registry, listen: list[str], reactor: Any, onStop: Any) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._registry = registry
+        self._descriptions = listen
+        self._reactor = reactor
+        self._onStop = onStop
+        self.ports: list[IListeningPort] = []
+        self.listening: Deferred[list[IListeningPort]] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        site = self._registry.site(self._reactor)
+        waiting = []
+        for description in self._descriptions:
+            endpoint = serverFromString(self._reactor, description)
+            factory = site if description.startswith(("ssl:", "tls:")) else RefuseTLSFactory(site)
+            waiting.append(endpoint.listen(factory).addCallback(self._listening, description))
+        DeferredList(waiting, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+            lambda _: self.listening.callback(self.ports), self._failed
+        )
+
+    def _listening(self, port: IListeningPort, description: str) -> None:
+        self.ports.append(port)
+        address = port.getHost()
+        log.info(
+            "ociklein listening on {description} ({host}:{port})",
+            description=description,
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+
+    def _failed(self, failure: Any) -> None:
+        reason = getattr(failure.value, "subFailure", failure)
+        log.critical("ociklein cannot listen: {reason}", reason=reason.getErrorMessage())
+        self.listening.errback(reason)
+        if self._reactor.running:
+            self._reactor.stop()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        ports, self.ports = self.ports, []
+        stopping = [port.stopListening() for port in ports]
+        done = DeferredList([d for d in stopping if d is not None])
+        if self._onStop is not None:
+            done.addCallback(lambda _: self._onStop())
+        return done

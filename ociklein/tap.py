@@ -1,0 +1,123 @@
+"""
+The C{twistd ociregistry} plugin: options, the INI configuration file, and
+the service they describe.  Command line beats file beats defaults.
+"""
+
+from __future__ import annotations
+
+import configparser
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
+from ociklein.registry import Registry
+
+log = Logger()
+
+SECTION = "ociregistry"
+DEFAULTS: dict[str, Any] = {
+    "listen": ["tcp:5000"],
+    "backend": "memory",
+    "root": "./ociregistry-data",
+    "max-manifest-bytes": DEFAULT_MAX_MANIFEST_BYTES,
+    "upload-ttl": 86400.0,
+}
+_CONVERT = {"max-manifest-bytes": int, "upload-ttl": float}
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd ociregistry}; see C{tap.cfg} for every key.
+    """
+
+    synopsis = "[options]"
+    longdesc = "An OCI Distribution v1.1 container registry."
+    optParameters = [
+        ["backend", None, None, "Storage backend: memory or fs. [default: memory]"],
+        ["root", None, None, "Data directory of the fs backend. [default: ./ociregistry-data]"],
+        ["max-manifest-bytes", None, None, "Largest manifest accepted, in bytes. [default: 4194304]"],
+        ["upload-ttl", None, None, "Seconds before an idle upload session expires. [default: 86400]"],
+        ["config", "c", None, "An INI file with an [ociregistry] section of these options."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        A Twisted server endpoint string to listen on; repeatable. [default: tcp:5000]
+        """
+        self["listen"].append(description)
+
+    def _fromFile(self, path: str) -> dict[str, Any]:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(path) as f:
+                parser.read_file(f)
+        except OSError as e:
+            raise usage.UsageError(f"cannot read config file {path}: {e.strerror}") from None
+        except configparser.Error as e:
+            raise usage.UsageError(f"bad config file {path}: {e.message}") from None
+        if not parser.has_section(SECTION):
+            return {}
+        values: dict[str, Any] = {}
+        for key, value in parser.items(SECTION):
+            if key not in DEFAULTS:
+                raise usage.UsageError(f"unknown key {key!r} in [{SECTION}] of {path}")
+            values[key] = value.split() if key == "listen" else value
+        return values
+
+    def postOptions(self) -> None:
+        fromFile = self._fromFile(self["config"]) if self["config"] else {}
+        for key, default in DEFAULTS.items():
+            given = self[key] if key in self else None
+            if given in (None, []):
+                self[key] = fromFile.get(key, default)
+        for key, convert in _CONVERT.items():
+            try:
+                self[key] = convert(self[key])
+            except (TypeError, ValueError):
+                raise usage.UsageError(f"--{key} must be a number, not {self[key]!r}") from None
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be positive")
+        if self["backend"] not in ("memory", "fs"):
+            raise usage.UsageError(f"--backend must be memory or fs, not {self['backend']!r}")
+        from twisted.internet import reactor
+
+        for description in self["listen"]:
+            try:
+                serverFromString(reactor, description)
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
+
+
+def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IService:
+    """
+    The registry service the options describe.
+    """
+    backend = options["backend"]
+    onStop = None
+    if backend == "fs":
+        from ociklein.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
+
+        root = options["root"]
+        try:
+            prepareRoot(root)
+        except (OSError, ValueError) as e:
+            raise usage.UsageError(f"--root {root}: {e}") from None
+        blobs = FilesystemBlobStore(root, reactor=reactor, uploadTTL=options["upload-ttl"])
+        manifests = FilesystemManifestBackend(root, reactor=reactor)
+        registry = Registry(manifests, blobs, maxManifestBytes=options["max-manifest-bytes"])
+        onStop = blobs.close
+        log.info("ociklein backend: fs, root: {root}", root=root)
+    else:
+        registry = Registry(maxManifestBytes=options["max-manifest-bytes"])
+        log.warn("ociklein backend: memory; every image is lost when the process exits")
+    top = MultiService()
+    registry.service(list(options["listen"]), reactor, onStop).setServiceParent(top)
+    return top
