@@ -1,0 +1,207 @@
+"""
+Fixtures shared by the test suite: a registry behind StubTreq (no sockets),
+a registry on a real port of 127.0.0.1, and a real C{twistd} process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from ociklein import MemoryBlobStore, MemoryManifestBackend, Registry
+
+BACKENDS = ["memory", "fs"]
+
+
+def makeBackends(kind: str, root: Path) -> tuple[Any, Any]:
+    """
+    A manifest backend and a blob store of the given kind.
+    """
+    if kind == "memory":
+        return MemoryManifestBackend(), MemoryBlobStore()
+    from ociklein.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
+
+    prepareRoot(str(root))
+    return FilesystemManifestBackend(str(root)), FilesystemBlobStore(str(root))
+
+
+class StubClient:
+    """
+    treq's StubTreq around the real Klein resource, pumping it until each
+    response (and its body) has fully arrived, since backends may answer
+    on a later reactor turn.
+    """
+
+    def __init__(self, registry: Registry, base: str = "http://registry.test") -> None:
+        self.stub = StubTreq(registry.resource())
+        self.base = base
+
+    async def _settle(self, d: Deferred[Any]) -> Any:
+        done: list[Any] = []
+        d.addBoth(done.append)
+        for _ in range(10000):
+            if done:
+                break
+            self.stub.flush()
+            await deferLater(reactor, 0, lambda: None)
+        result = done[0]
+        if hasattr(result, "raiseException"):
+            result.raiseException()
+        return result
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._settle(self.stub.request(method, self.base + path, **kwargs))
+        response.body = await self._settle(self.stub.content(response))
+        return response
+
+
+class LiveClient:
+    """
+    treq against a registry listening on a real port of 127.0.0.1.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("persistent", False)
+        response = await treq.request(method, self.base + path, **kwargs)
+        response.body = await treq.content(response)
+        return response
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    manifests, blobs = makeBackends(request.param, tmp_path / "root")
+    yield manifests, blobs
+    close = getattr(blobs, "close", None)
+    if close is not None:
+        close()
+
+
+@pytest.fixture
+def registry(backend: tuple[Any, Any]) -> Registry:
+    return Registry(*backend, maxManifestBytes=64 * 1024)
+
+
+@pytest.fixture
+def stub(registry: Registry) -> StubClient:
+    return StubClient(registry)
+
+
+@pytest_twisted.async_yield_fixture
+async def live(registry: Registry) -> AsyncIterator[LiveClient]:
+    """
+    The registry served by L{Registry.service} on an ephemeral port.
+    """
+    async for live in _serve(registry):
+        yield live
+
+
+async def _serve(registry: Registry) -> AsyncIterator[LiveClient]:
+    service = registry.service(["tcp:0:interface=127.0.0.1"], reactor)
+    service.startService()
+    ports = await service.listening  # type: ignore[attr-defined]
+    yield LiveClient(f"http://127.0.0.1:{ports[0].getHost().port}")
+    await service.stopService()
+
+
+@pytest_twisted.async_yield_fixture(params=["stub", "live"])
+async def client(request: pytest.FixtureRequest, registry: Registry) -> AsyncIterator[Any]:
+    """
+    Every HTTP behaviour is checked both through StubTreq and on a real port.
+    """
+    if request.param == "stub":
+        yield StubClient(registry)
+        return
+    async for live in _serve(registry):
+        yield live
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TwistdRegistry:
+    """
+    A real C{twistd ociregistry} process on 127.0.0.1.
+    """
+
+    def __init__(self, args: list[str], logPath: Path) -> None:
+        self.port = freePort()
+        self.args = args
+        self.logPath = logPath
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self) -> None:
+        twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
+        command = [
+            twistd, "-n", "--pidfile=", "ociregistry",
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args,
+        ]
+        log = open(self.logPath, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"twistd exited: {self.logPath.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"twistd did not listen: {self.logPath.read_text()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def twistdRegistry(tmp_path: Path) -> Iterator[Callable[..., TwistdRegistry]]:
+    """
+    Starts C{twistd ociregistry} processes with given arguments; all are
+    stopped at the end of the test.
+    """
+    started: list[TwistdRegistry] = []
+
+    def start(*args: str) -> TwistdRegistry:
+        server = TwistdRegistry(list(args), tmp_path / f"twistd-{len(started)}.log")
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
