@@ -74,7 +74,7 @@ class BlobSender:
         self.done: Deferred[None] = Deferred()
 
     def start(self) -> Deferred[None]:
-        self._request.registerProducer(self, True)
+        self._request.registerProducer(self, True)  # type: ignore[attr-defined]
         self._pump()
         return self.done
 
@@ -123,7 +123,7 @@ class BlobSender:
         self._stopped = True
         self._reader.close()
         try:
-            self._request.unregisterProducer()
+            self._request.unregisterProducer()  # type: ignore[attr-defined]
         except Exception:  # the connection may already be gone
             pass
         if result is None:

@@ -10,7 +10,6 @@ once.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IProtocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 _TLS_HANDSHAKE = 0x16
@@ -23,7 +22,7 @@ class _RefuseTLS(ProtocolWrapper):
         if not self._checked and data:
             self._checked = True
             if data[0] == _TLS_HANDSHAKE:
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+                self.transport.abortConnection()  # type: ignore[union-attr]
                 return
         super().dataReceived(data)
 
@@ -33,7 +32,4 @@ class RefuseTLSFactory(WrappingFactory):
     Wraps an HTTP factory so that a TLS ClientHello is refused at once.
     """
 
-    protocol = _RefuseTLS  # type: ignore[assignment]
-
-    def buildProtocol(self, addr: object) -> IProtocol | None:
-        return super().buildProtocol(addr)  # type: ignore[no-any-return]
+    protocol = _RefuseTLS

@@ -84,9 +84,7 @@ def _uploadHeaders(name: str, uploadId: str, size: int) -> dict[str, str]:
 
 
 def _blobCreated(request: IRequest, name: str, digest: str) -> bytes:
-    return _respond(
-        request, 201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest}
-    )
+    return _respond(request, 201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
 
 
 def _nextLink(path: str, page: Page, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -246,9 +244,7 @@ class RegistryRoutes:
 
     async def patchUpload(self, request: IRequest, name: str, uploadId: str) -> bytes:
         upload = await self.core.getUpload(name, uploadId)
-        size = await self.core.appendToUpload(
-            upload, requestBody(request), _header(request, "Content-Range")
-        )
+        size = await self.core.appendToUpload(upload, requestBody(request), _header(request, "Content-Range"))
         return _respond(request, 202, _uploadHeaders(name, uploadId, size))
 
     async def putUpload(self, request: IRequest, name: str, uploadId: str) -> bytes:

@@ -40,11 +40,16 @@ class StreamingRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         command = getattr(self.channel, "_command", b"")
         if command.upper() in _BODY_METHODS and length != 0:
-            self._pipe = BodyPipe(self.channel.transport, self._clock())  # type: ignore[union-attr]
-            self.content = BytesIO()
+            transport: Any = self.channel.transport  # type: ignore[union-attr]
+            self._pipe = BodyPipe(transport, self._clock())
+            self.content = BytesIO()  # type: ignore[assignment]
             # On the next turn, after twisted.web has sent any 100 Continue.
             self._clock().callLater(
-                0, self._routeEarly, command, self.channel._path, self.channel._version  # type: ignore[union-attr]
+                0,
+                self._routeEarly,
+                command,
+                self.channel._path,
+                self.channel._version,  # type: ignore[union-attr]
             )
         else:
             super().gotLength(length)

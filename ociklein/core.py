@@ -54,10 +54,6 @@ def computeDigest(content: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, content).hexdigest()}"
 
 
-def _isIOError(e: BaseException) -> bool:
-    return isinstance(e, OSError)
-
-
 class RegistryCore:
     """
     Validates every request against the spec and drives the storage.

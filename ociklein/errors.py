@@ -58,7 +58,9 @@ def manifestInvalid(reason: str) -> OCIError:
 
 def manifestBlobUnknown(digest: str) -> OCIError:
     return OCIError(
-        400, "MANIFEST_BLOB_UNKNOWN", "manifest references a manifest or blob unknown to registry",
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+        "manifest references a manifest or blob unknown to registry",
         {"digest": digest},
     )
 
@@ -80,11 +82,15 @@ def tagInvalid(tag: str) -> OCIError:
 
 
 def sizeInvalid(reason: str, status: int = 400) -> OCIError:
-    return OCIError(status, "SIZE_INVALID", "provided length did not match content length", {"reason": reason})
+    return OCIError(
+        status, "SIZE_INVALID", "provided length did not match content length", {"reason": reason}
+    )
 
 
 def paginationInvalid(reason: str) -> OCIError:
-    return OCIError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested", {"reason": reason})
+    return OCIError(
+        400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested", {"reason": reason}
+    )
 
 
 def unsupported(reason: str, status: int = 405) -> OCIError:

@@ -162,8 +162,13 @@ class TwistdRegistry:
     def start(self) -> None:
         twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
         command = [
-            twistd, "-n", "--pidfile=", "ociregistry",
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args,
+            twistd,
+            "-n",
+            "--pidfile=",
+            "ociregistry",
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            *self.args,
         ]
         log = open(self.logPath, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
