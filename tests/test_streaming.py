@@ -1,0 +1,234 @@
+"""
+Request bodies and blob responses stream: bounded buffers, backpressure
+both ways, and no body held whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ociklein._body import _HIGH_WATER, BodyPipe, FileBody, readAtMost
+from ociklein._download import READ_SIZE, BlobSender
+from ociklein.errors import OCIError
+from ociklein.interfaces import IBlobReader
+
+
+class FakeTransport:
+    """
+    Records whether the pipe has paused the (network) producer.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def test_pipe_pauses_the_client_while_the_store_is_slow() -> None:
+    """A slow consumer makes the pipe pause the transport; draining resumes it."""
+    transport, clock = FakeTransport(), Clock()
+    pipe = BodyPipe(transport, clock)  # type: ignore[arg-type]
+    pending: list[Deferred[None]] = []
+    received: list[bytes] = []
+
+    def slowWrite(chunk: bytes) -> Deferred[None]:
+        received.append(chunk)
+        pending.append(Deferred())
+        return pending[-1]
+
+    done = pipe.deliverTo(slowWrite)
+    chunk = b"x" * 65536
+    sent = 0
+    while not transport.paused:
+        pipe.dataReceived(chunk)
+        sent += len(chunk)
+        assert sent <= _HIGH_WATER + 2 * len(chunk)
+    assert len(received) == 1
+    while pending:
+        pending.pop(0).callback(None)
+    assert not transport.paused
+    pipe.finish()
+    clock.advance(0)
+    assert b"".join(received) == chunk * (sent // len(chunk))
+    assert done.result == sent
+
+
+def test_pipe_buffers_until_a_consumer_attaches() -> None:
+    """Bytes that arrive before the handler reads are delivered in order once it does."""
+    clock = Clock()
+    pipe = BodyPipe(None, clock)
+    pipe.dataReceived(b"abc")
+    pipe.dataReceived(b"def")
+    pipe.finish()
+    got: list[bytes] = []
+    done = pipe.deliverTo(got.append)  # type: ignore[arg-type]
+    clock.advance(0)
+    assert got == [b"abc", b"def"]
+    assert done.result == 6
+
+
+def test_pipe_reports_a_lost_connection() -> None:
+    """A connection lost mid-body fails the delivery, after what did arrive."""
+    clock = Clock()
+    pipe = BodyPipe(None, clock)
+    got: list[bytes] = []
+    done = pipe.deliverTo(got.append)  # type: ignore[arg-type]
+    pipe.dataReceived(b"partial")
+    pipe.fail(Failure(ConnectionError("gone")))
+    clock.advance(0)
+    failures: list[Failure] = []
+    done.addErrback(failures.append)
+    assert got == [b"partial"]
+    assert failures[0].check(ConnectionError)
+
+
+def test_pipe_stops_on_a_failed_write() -> None:
+    """When the store fails a write, later chunks are discarded and the error surfaces."""
+    clock = Clock()
+    transport = FakeTransport()
+    pipe = BodyPipe(transport, clock)  # type: ignore[arg-type]
+
+    def failing(chunk: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    done = pipe.deliverTo(failing)
+    pipe.dataReceived(b"a" * 10)
+    pipe.dataReceived(b"b" * (_HIGH_WATER * 2))
+    clock.advance(0)
+    failures: list[Failure] = []
+    done.addErrback(failures.append)
+    assert failures[0].check(OSError)
+    assert not transport.paused
+
+
+@pytest_twisted.ensureDeferred
+async def test_small_bodies_are_capped_as_they_arrive() -> None:
+    """readAtMost refuses with 413 as soon as the body passes the limit."""
+    clock = Clock()
+    pipe = BodyPipe(None, clock)
+    result = Deferred.fromCoroutine(readAtMost(pipe, 10))
+    pipe.dataReceived(b"0123456789")
+    pipe.dataReceived(b"!")
+    clock.advance(0)
+    failures: list[Failure] = []
+    result.addErrback(failures.append)
+    assert isinstance(failures[0].value, OCIError)
+    assert failures[0].value.status == 413
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_body_reads_in_bounded_chunks(tmp_path: Any) -> None:
+    """A body twisted.web buffered is read back in chunks, never whole."""
+    data = bytes(range(256)) * 20000
+    path = tmp_path / "body"
+    path.write_bytes(data)
+    sizes: list[int] = []
+    digest = hashlib.sha256()
+
+    def write(chunk: bytes) -> None:
+        sizes.append(len(chunk))
+        digest.update(chunk)
+
+    with open(path, "rb") as f:
+        total = await FileBody(f).deliverTo(write)
+    assert total == len(data)
+    assert max(sizes) <= 1024 * 1024
+    assert len(sizes) > 1
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@implementer(IBlobReader)
+class CountingReader:
+    """
+    A blob of known bytes that counts what has been read from it.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = len(data)
+        self.read_bytes = 0
+        self.closed = False
+
+    def read(self, offset: int, length: int) -> Deferred[bytes]:
+        self.read_bytes += min(length, self.size - offset)
+        return succeed(self.data[offset : offset + length])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class SlowRequest:
+    """
+    A request whose transport is always full after a write, as with a slow client.
+    """
+
+    def __init__(self) -> None:
+        self.producer: Any = None
+        self.written: list[bytes] = []
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        assert streaming
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self.producer.pauseProducing()
+
+
+def test_sender_reads_only_as_fast_as_the_client_takes() -> None:
+    """A paused response reads no more of the blob until the client drains it."""
+    data = b"z" * (READ_SIZE * 5 + 17)
+    reader = CountingReader(data)
+    request = SlowRequest()
+    sender = BlobSender(reader, 0, len(data), request)  # type: ignore[arg-type]
+    done = sender.start()
+    assert reader.read_bytes == READ_SIZE
+    assert len(request.written) == 1
+    while not done.called:
+        sender.resumeProducing()
+        assert reader.read_bytes <= READ_SIZE * len(request.written)
+    assert b"".join(request.written) == data
+    assert reader.closed
+
+
+def test_sender_sends_a_range() -> None:
+    """The sender writes exactly the requested span and stops."""
+    data = bytes(range(256)) * 10
+    reader = CountingReader(data)
+    request = SlowRequest()
+    sender = BlobSender(reader, 100, 300, request)  # type: ignore[arg-type]
+    done = sender.start()
+    while not done.called:
+        sender.resumeProducing()
+    assert b"".join(request.written) == data[100:400]
+
+
+def test_sender_stops_when_the_client_goes() -> None:
+    """stopProducing (a client gone) closes the blob and ends the response."""
+    reader = CountingReader(b"q" * (READ_SIZE * 3))
+    request = SlowRequest()
+    sender = BlobSender(reader, 0, reader.size, request)  # type: ignore[arg-type]
+    done = sender.start()
+    sender.stopProducing()
+    assert done.called
+    assert reader.closed
+    assert reader.read_bytes == READ_SIZE
