@@ -103,9 +103,13 @@ class IBlobStore(Interface):
         Whether blob C{digest} is visible in C{repository}.
         """
 
-    def startUpload(repository: str) -> Deferred[IUpload]:
+    def startUpload(repository: str, resumable: bool = True) -> Deferred[IUpload]:
         """
         Open a new, empty upload session for C{repository}.
+
+        A session that is not C{resumable} (a monolithic upload, whose id no
+        client knows) need not outlive the process: a store may discard it
+        when it restarts.  Only resumable sessions are found by L{getUpload}.
         """
 
     def getUpload(uploadId: str) -> Deferred[IUpload | None]:

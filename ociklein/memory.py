@@ -93,9 +93,10 @@ class MemoryBlobStore:
     def isLinked(self, repository: str, digest: str) -> Deferred[bool]:
         return succeed(digest in self._links.get(repository, ()) and digest in self._blobs)
 
-    def startUpload(self, repository: str) -> Deferred[IUpload]:
+    def startUpload(self, repository: str, resumable: bool = True) -> Deferred[IUpload]:
         upload = _MemoryUpload(self, repository)
-        self._uploads[upload.uploadId] = upload
+        if resumable:
+            self._uploads[upload.uploadId] = upload
         return succeed(upload)
 
     def getUpload(self, uploadId: str) -> Deferred[IUpload | None]:

@@ -1,0 +1,486 @@
+"""
+Blobs and upload sessions on a filesystem.
+
+A blob is one file named by its digest, written once by renaming a finished
+upload into place.  Upload sessions are directories that outlive the
+process, so a push interrupted by a restart can resume.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ociklein._fsutil import (
+    UPLOAD_ID,
+    UPLOAD_SUFFIX,
+    atomicWrite,
+    blobPath,
+    checkDigest,
+    checkRepository,
+    cleanTmp,
+    digestPath,
+    discardDir,
+    ensureDir,
+    fsyncDir,
+    inThread,
+    prepareRoot,
+    removeDurably,
+    repositoryPath,
+    resolveReactor,
+    writeAll,
+)
+from ociklein.interfaces import IBlobReader, IBlobStore, IUpload
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+_log = Logger()
+
+_ALGORITHMS = ("sha256", "sha512")
+_HASH_CHUNK = 1024 * 1024
+
+
+@implementer(IBlobReader)
+class _FileReader:
+    """
+    An open blob file.  Holding the descriptor keeps the data readable even
+    if the blob is deleted meanwhile.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd: int | None = fd
+        self.size = size
+
+    def read(self, offset: int, length: int) -> Deferred[bytes]:
+        if offset < 0:
+            return fail(ValueError(f"negative offset {offset}"))
+        want = min(length, self.size - offset)
+        if self._fd is None or want <= 0:
+            return succeed(b"")
+        chunks = []
+        try:
+            while want > 0:
+                chunk = os.pread(self._fd, want, offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+                want -= len(chunk)
+        except OSError as e:
+            return fail(e)
+        return succeed(b"".join(chunks))
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+@implementer(IUpload)
+class _FileUpload:
+    """
+    A session directory holding the data appended so far and the running
+    sha256 of it, which is lost (and rebuilt by rereading) on restart.
+    """
+
+    def __init__(
+        self,
+        store: FilesystemBlobStore,
+        uploadId: str,
+        repository: str,
+        fd: int,
+        size: int,
+        sha256: _Hash | None,
+        directory: str | None = None,
+    ) -> None:
+        self._store = store
+        self._directory = directory or os.path.join(store._root, "uploads", uploadId)
+        self.uploadId = uploadId
+        self.repository = repository
+        self.size = size
+        self._fd: int | None = fd
+        self._sha256 = sha256
+        self._error: OSError | None = None
+
+    def write(self, data: bytes) -> Deferred[None]:
+        if self._error is not None:
+            return fail(self._error)
+        if self._fd is None:
+            return fail(ValueError(f"upload {self.uploadId} has ended"))
+        try:
+            writeAll(self._fd, data)
+        except OSError as e:
+            # Part of the data may be on disk: the session cannot go on.
+            self._error = e
+            return fail(e)
+        if self._sha256 is not None:
+            self._sha256.update(data)
+        self.size += len(data)
+        return succeed(None)
+
+    def digest(self, algorithm: str) -> Deferred[str]:
+        return Deferred.fromCoroutine(self._digest(algorithm))
+
+    async def _digest(self, algorithm: str) -> str:
+        if algorithm not in _ALGORITHMS:
+            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        if algorithm == "sha256" and self._sha256 is not None:
+            return self._sha256.hexdigest()
+        if self._fd is None:
+            raise ValueError(f"upload {self.uploadId} has ended")
+        size = self.size
+        # A duplicate, so that an abort closing ours cannot pull the
+        # descriptor out from under the hashing thread.
+        fd = os.dup(self._fd)
+        hashed = await inThread(self._store._reactor, _hashFile, fd, algorithm, size)
+        if algorithm == "sha256" and self._fd is not None and self.size == size:
+            self._sha256 = hashed.copy()
+        return hashed.hexdigest()
+
+    def commit(self, digest: str) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._commit(digest))
+
+    async def _commit(self, digest: str) -> None:
+        checkDigest(digest)
+        if self._error is not None:
+            raise self._error
+        fd = self._detach()
+        if fd is None:
+            raise ValueError(f"upload {self.uploadId} has ended")
+        store = self._store
+        await inThread(
+            store._reactor,
+            _publish,
+            store._root,
+            fd,
+            self._directory,
+            blobPath(store._root, digest),
+        )
+
+    def abort(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._abort())
+
+    async def _abort(self) -> None:
+        fd = self._detach()
+        if fd is not None:
+            os.close(fd)
+        await inThread(self._store._reactor, discardDir, self._store._root, self._directory)
+
+    def _detach(self) -> int | None:
+        """
+        End the session in this process and hand over its descriptor.
+        """
+        self._store._forget(self)
+        fd, self._fd = self._fd, None
+        self._sha256 = None
+        return fd
+
+    def _release(self) -> None:
+        """
+        End the session in this process only, leaving its files alone.
+        """
+        fd = self._detach()
+        if fd is not None:
+            os.close(fd)
+
+    def _resync(self, size: int) -> None:
+        """
+        Another process appended to the session: our size and running hash
+        are stale.
+        """
+        if size != self.size:
+            self.size = size
+            self._sha256 = None
+
+
+def _hashFile(fd: int, algorithm: str, size: int) -> _Hash:
+    """
+    Hash the first C{size} bytes of C{fd}, then close it.
+    """
+    try:
+        hashed = hashlib.new(algorithm)
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, min(_HASH_CHUNK, size - offset), offset)
+            if not chunk:
+                raise OSError(f"upload data shorter than {size} bytes")
+            hashed.update(chunk)
+            offset += len(chunk)
+        return hashed
+    finally:
+        os.close(fd)
+
+
+def _publish(root: str, fd: int, directory: str, target: str) -> None:
+    """
+    Make the session's data the blob C{target}, unless a copy is already
+    there, then remove the session.
+    """
+    try:
+        if not os.path.exists(target):
+            os.fsync(fd)
+            parent = os.path.dirname(target)
+            ensureDir(parent)
+            # Two processes publishing the same blob both rename onto one
+            # name; the content is the same, so whichever lands last is fine.
+            os.rename(os.path.join(directory, "data"), target)
+            fsyncDir(parent)
+    finally:
+        os.close(fd)
+    discardDir(root, directory)
+
+
+def _createSession(
+    root: str, uploadId: str, repository: str, started: float, resumable: bool
+) -> tuple[int, str]:
+    """
+    Build the session directory in tmp/ and rename it into uploads/, so a
+    session is seen complete with its info file or not at all.  Returns the
+    data file's descriptor, open for appending, and the session directory.
+
+    A session no client can resume stays in tmp/ with its data file locked
+    while this process lives; L{cleanTmp} removes it once the lock is free.
+    """
+    staging = os.path.join(root, "tmp", secrets.token_hex(16) + UPLOAD_SUFFIX)
+    os.mkdir(staging)
+    fd = -1
+    try:
+        fd = os.open(os.path.join(staging, "data"), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not resumable:
+            return fd, staging
+        info = json.dumps({"repository": repository, "started": started}).encode()
+        infoFd = os.open(os.path.join(staging, "info"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            writeAll(infoFd, info)
+            os.fsync(infoFd)
+        finally:
+            os.close(infoFd)
+        os.fsync(fd)
+        fsyncDir(staging)
+        uploads = os.path.join(root, "uploads")
+        os.rename(staging, os.path.join(uploads, uploadId))
+        fsyncDir(uploads)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return fd, os.path.join(uploads, uploadId)
+
+
+def _readInfo(directory: str) -> tuple[str, float] | None:
+    """
+    The repository and start time of a session, or L{None} if it is gone
+    or its info file is damaged.  Other errors (say C{EMFILE}) propagate
+    rather than pass a live session off as dead.
+    """
+    try:
+        with open(os.path.join(directory, "info"), "rb") as f:
+            info = json.loads(f.read(65536))
+        repository, started = info["repository"], info["started"]
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(repository, str) or not isinstance(started, int | float):
+        return None
+    return repository, float(started)
+
+
+def _sweepUploads(root: str, now: float, ttl: float) -> list[str]:
+    """
+    Remove every session started C{ttl} seconds or more before C{now}, and
+    any whose info cannot be read.
+    """
+    uploads = os.path.join(root, "uploads")
+    removed = []
+    for name in os.listdir(uploads):
+        if UPLOAD_ID.fullmatch(name) is None:
+            continue
+        directory = os.path.join(uploads, name)
+        info = _readInfo(directory)
+        if (info is None or now >= info[1] + ttl) and discardDir(root, directory):
+            removed.append(name)
+    return removed
+
+
+def _linkPath(root: str, repository: str, digest: str) -> str:
+    return digestPath(os.path.join(repositoryPath(root, repository), "_links"), digest)
+
+
+def _writeLink(root: str, path: str) -> None:
+    if not os.path.exists(path):
+        atomicWrite(root, path, b"")
+
+
+@implementer(IBlobStore)
+class FilesystemBlobStore:
+    """
+    Blobs under C{root/blobs}, links under C{root/repositories}, upload
+    sessions under C{root/uploads}; sessions expire C{uploadTTL} seconds
+    (by C{clock}) after they start.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        reactor: IReactorThreads | None = None,
+        clock: IReactorTime | None = None,
+        uploadTTL: float = 86400.0,
+    ) -> None:
+        prepareRoot(root)
+        self._root = os.path.abspath(root)
+        self._reactor = resolveReactor(reactor)
+        self._clock = clock if clock is not None else cast(IReactorTime, self._reactor)
+        self._ttl = uploadTTL
+        self._uploads: dict[str, _FileUpload] = {}
+        # Startup happens before serving, so this work may block.
+        cleanTmp(self._root)
+        _sweepUploads(self._root, self._clock.seconds(), self._ttl)
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self._clock
+        self._sweeper.start(max(1.0, min(uploadTTL / 2, 3600.0)), now=False)
+
+    def close(self) -> None:
+        """
+        Stop the periodic expiry and release open session files; the
+        sessions stay on disk for the next process.
+        """
+        if self._sweeper.running:
+            self._sweeper.stop()
+        for upload in list(self._uploads.values()):
+            upload._release()
+
+    def expireUploads(self) -> Deferred[list[str]]:
+        """
+        Remove expired sessions now; fires with their ids.
+        """
+        return Deferred.fromCoroutine(self._expireUploads())
+
+    async def _expireUploads(self) -> list[str]:
+        removed = await inThread(self._reactor, _sweepUploads, self._root, self._clock.seconds(), self._ttl)
+        for uploadId in removed:
+            upload = self._uploads.get(uploadId)
+            if upload is not None:
+                upload._release()
+        return removed
+
+    def _sweep(self) -> Deferred[None]:
+        def logged(failure: Any) -> None:
+            _log.failure("Expiring upload sessions failed", failure)
+
+        return self.expireUploads().addCallbacks(lambda _: None, logged)
+
+    def _forget(self, upload: _FileUpload) -> None:
+        if self._uploads.get(upload.uploadId) is upload:
+            del self._uploads[upload.uploadId]
+
+    def stat(self, digest: str) -> Deferred[int | None]:
+        return maybeDeferred(self._stat, digest)
+
+    def _stat(self, digest: str) -> int | None:
+        try:
+            return os.stat(blobPath(self._root, checkDigest(digest))).st_size
+        except FileNotFoundError:
+            return None
+
+    def open(self, digest: str) -> Deferred[IBlobReader | None]:
+        return maybeDeferred(self._open, digest)
+
+    def _open(self, digest: str) -> IBlobReader | None:
+        try:
+            fd = os.open(blobPath(self._root, checkDigest(digest)), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        return _FileReader(fd, size)
+
+    def link(self, repository: str, digest: str) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._link(repository, digest))
+
+    async def _link(self, repository: str, digest: str) -> None:
+        path = _linkPath(self._root, checkRepository(repository), checkDigest(digest))
+        await inThread(self._reactor, _writeLink, self._root, path)
+
+    def unlink(self, repository: str, digest: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._unlink(repository, digest))
+
+    async def _unlink(self, repository: str, digest: str) -> bool:
+        path = _linkPath(self._root, checkRepository(repository), checkDigest(digest))
+        return await inThread(self._reactor, removeDurably, path)
+
+    def isLinked(self, repository: str, digest: str) -> Deferred[bool]:
+        return maybeDeferred(self._isLinked, repository, digest)
+
+    def _isLinked(self, repository: str, digest: str) -> bool:
+        path = _linkPath(self._root, checkRepository(repository), checkDigest(digest))
+        return os.path.exists(path) and os.path.exists(blobPath(self._root, digest))
+
+    def startUpload(self, repository: str, resumable: bool = True) -> Deferred[IUpload]:
+        return Deferred.fromCoroutine(self._startUpload(repository, resumable))
+
+    async def _startUpload(self, repository: str, resumable: bool) -> IUpload:
+        checkRepository(repository)
+        uploadId = secrets.token_urlsafe(24)
+        started = self._clock.seconds()
+        fd, directory = await inThread(
+            self._reactor, _createSession, self._root, uploadId, repository, started, resumable
+        )
+        upload = _FileUpload(self, uploadId, repository, fd, 0, hashlib.sha256(), directory)
+        if resumable:
+            self._uploads[uploadId] = upload
+        return upload
+
+    def getUpload(self, uploadId: str) -> Deferred[IUpload | None]:
+        return Deferred.fromCoroutine(self._getUpload(uploadId))
+
+    async def _getUpload(self, uploadId: str) -> IUpload | None:
+        if not isinstance(uploadId, str) or UPLOAD_ID.fullmatch(uploadId) is None:
+            return None
+        directory = os.path.join(self._root, "uploads", uploadId)
+        cached = self._uploads.get(uploadId)
+        info = _readInfo(directory)
+        expired = info is not None and self._clock.seconds() >= info[1] + self._ttl
+        if info is None or expired:
+            if cached is not None:
+                cached._release()
+            if expired:
+                await inThread(self._reactor, discardDir, self._root, directory)
+            return None
+        repository = info[0]
+        data = os.path.join(directory, "data")
+        if cached is not None:
+            try:
+                size = os.stat(data).st_size
+            except FileNotFoundError:
+                cached._release()
+                return None
+            cached._resync(size)
+            return cached
+        try:
+            fd = os.open(data, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        upload = _FileUpload(self, uploadId, repository, fd, size, None)
+        self._uploads[uploadId] = upload
+        return upload

@@ -1,0 +1,285 @@
+"""
+Manifests, tags, the catalog and the referrers index on a filesystem.
+
+Everything is a small file replaced by an atomic rename, laid out so that
+each question is answered by one directory listing or one file read: no
+listing ever opens a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorThreads
+from zope.interface import implementer
+
+from ociklein._fsutil import (
+    atomicWrite,
+    catalogName,
+    catalogPath,
+    checkDigest,
+    checkRepository,
+    checkTag,
+    digestPath,
+    fsyncDir,
+    inThread,
+    isDigest,
+    isRepository,
+    isTag,
+    page,
+    prepareRoot,
+    removeDurably,
+    repositoryPath,
+    resolveReactor,
+)
+from ociklein.interfaces import IManifestBackend
+
+_REFERRER = re.compile(r"(sha256|sha512)-([a-f0-9]+)\.json")
+_HEADER_LIMIT = 65536
+
+
+def _encodeManifest(mediaType: str, subject: str | None, content: bytes) -> bytes:
+    """
+    One JSON header line, then the manifest's exact bytes: one file, so the
+    media type and subject are replaced atomically with the content.
+    """
+    header = json.dumps({"mediaType": mediaType, "subject": subject})
+    return header.encode() + b"\n" + content
+
+
+def _readHeader(data: bytes) -> tuple[str, str | None, int]:
+    """
+    The media type, subject and content offset of a stored manifest.
+    """
+    end = data.index(b"\n")
+    header = json.loads(data[:end])
+    return header["mediaType"], header["subject"], end + 1
+
+
+def _readTag(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            text = f.read(256).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
+    return text if isDigest(text) else None
+
+
+class _Paths:
+    """
+    Where each thing of one repository lives.
+    """
+
+    def __init__(self, root: str, repository: str) -> None:
+        self.root = root
+        self.repository = repository
+        self.directory = repositoryPath(root, repository)
+
+    @property
+    def catalog(self) -> str:
+        return catalogPath(self.root, self.repository)
+
+    @property
+    def tags(self) -> str:
+        return os.path.join(self.directory, "_tags")
+
+    def manifest(self, digest: str) -> str:
+        return digestPath(os.path.join(self.directory, "_manifests"), digest)
+
+    def tag(self, tag: str) -> str:
+        return os.path.join(self.tags, tag)
+
+    def referrers(self, subject: str) -> str:
+        return digestPath(os.path.join(self.directory, "_referrers"), subject)
+
+    def referrer(self, subject: str, digest: str) -> str:
+        return os.path.join(self.referrers(subject), digest.replace(":", "-") + ".json")
+
+    def register(self) -> None:
+        """
+        Enter the repository in the catalog, once.
+        """
+        if not os.path.exists(self.catalog):
+            atomicWrite(self.root, self.catalog, b"")
+
+
+def _putManifest(paths: _Paths, digest: str, data: bytes, subject: str | None, descriptor: bytes) -> None:
+    paths.register()
+    # The manifest before its referrers entry: the index may lag behind the
+    # manifests after a crash, but never points at a missing one.
+    atomicWrite(paths.root, paths.manifest(digest), data)
+    if subject is not None:
+        atomicWrite(paths.root, paths.referrer(subject, digest), descriptor)
+
+
+def _deleteManifest(paths: _Paths, digest: str) -> bool:
+    path = paths.manifest(digest)
+    try:
+        with open(path, "rb") as f:
+            _, subject, _ = _readHeader(f.readline(_HEADER_LIMIT))
+    except FileNotFoundError:
+        return False
+    # The manifest file goes last: a crash half way leaves it in place, so
+    # deleting it again finishes the job.
+    if subject is not None and isDigest(subject):
+        removeDurably(paths.referrer(subject, digest))
+    removedTag = False
+    for tag in _listTags(paths):
+        tagPath = paths.tag(tag)
+        if _readTag(tagPath) == digest:
+            try:
+                os.unlink(tagPath)
+            except FileNotFoundError:
+                continue
+            removedTag = True
+    if removedTag:
+        fsyncDir(paths.tags)
+    return removeDurably(path)
+
+
+def _listTags(paths: _Paths) -> list[str]:
+    try:
+        return sorted(name for name in os.listdir(paths.tags) if isTag(name))
+    except FileNotFoundError:
+        return []
+
+
+def _referrers(paths: _Paths, subject: str) -> list[dict[str, Any]]:
+    directory = paths.referrers(subject)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        if _REFERRER.fullmatch(name) is None:
+            continue
+        try:
+            with open(os.path.join(directory, name), "rb") as f:
+                found.append(json.loads(f.read()))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+@implementer(IManifestBackend)
+class FilesystemManifestBackend:
+    """
+    Manifests, tags and referrers under C{root/repositories}, the list of
+    repositories under C{root/catalog}.
+    """
+
+    def __init__(self, root: str, reactor: IReactorThreads | None = None) -> None:
+        prepareRoot(root)
+        self._root = os.path.abspath(root)
+        self._reactor = resolveReactor(reactor)
+
+    def _paths(self, repository: str) -> _Paths:
+        return _Paths(self._root, checkRepository(repository))
+
+    def getManifest(self, repository: str, digest: str) -> Deferred[tuple[str, bytes] | None]:
+        return maybeDeferred(self._getManifest, repository, digest)
+
+    def _getManifest(self, repository: str, digest: str) -> tuple[str, bytes] | None:
+        path = self._paths(repository).manifest(checkDigest(digest))
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        mediaType, _, offset = _readHeader(data)
+        return mediaType, data[offset:]
+
+    def putManifest(
+        self,
+        repository: str,
+        digest: str,
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(
+            self._putManifest(repository, digest, mediaType, content, subject, descriptor)
+        )
+
+    async def _putManifest(
+        self,
+        repository: str,
+        digest: str,
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+    ) -> None:
+        paths = self._paths(repository)
+        checkDigest(digest)
+        if subject is not None:
+            checkDigest(subject)
+        data = _encodeManifest(mediaType, subject, content)
+        encoded = json.dumps(descriptor).encode()
+        await inThread(self._reactor, _putManifest, paths, digest, data, subject, encoded)
+
+    def deleteManifest(self, repository: str, digest: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._deleteManifest(repository, digest))
+
+    async def _deleteManifest(self, repository: str, digest: str) -> bool:
+        paths = self._paths(repository)
+        checkDigest(digest)
+        return await inThread(self._reactor, _deleteManifest, paths, digest)
+
+    def resolveTag(self, repository: str, tag: str) -> Deferred[str | None]:
+        return maybeDeferred(self._resolveTag, repository, tag)
+
+    def _resolveTag(self, repository: str, tag: str) -> str | None:
+        return _readTag(self._paths(repository).tag(checkTag(tag)))
+
+    def setTag(self, repository: str, tag: str, digest: str) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._setTag(repository, tag, digest))
+
+    async def _setTag(self, repository: str, tag: str, digest: str) -> None:
+        paths = self._paths(repository)
+        path = paths.tag(checkTag(tag))
+        data = checkDigest(digest).encode() + b"\n"
+        await inThread(self._reactor, self._writeTag, paths, path, data)
+
+    @staticmethod
+    def _writeTag(paths: _Paths, path: str, data: bytes) -> None:
+        paths.register()
+        # Renamed over the old target: readers see the old digest or the new.
+        atomicWrite(paths.root, path, data)
+
+    def deleteTag(self, repository: str, tag: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._deleteTag(repository, tag))
+
+    async def _deleteTag(self, repository: str, tag: str) -> bool:
+        path = self._paths(repository).tag(checkTag(tag))
+        return await inThread(self._reactor, removeDurably, path)
+
+    def listTags(self, repository: str, last: str | None, limit: int) -> Deferred[list[str] | None]:
+        return maybeDeferred(self._listTags, repository, last, limit)
+
+    def _listTags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
+        paths = self._paths(repository)
+        if not os.path.exists(paths.catalog):
+            return None
+        return page(_listTags(paths), last, limit)
+
+    def listRepositories(self, last: str | None, limit: int) -> Deferred[list[str]]:
+        return maybeDeferred(self._listRepositories, last, limit)
+
+    def _listRepositories(self, last: str | None, limit: int) -> list[str]:
+        names = (catalogName(entry) for entry in os.listdir(os.path.join(self._root, "catalog")))
+        return page(sorted(name for name in names if isRepository(name)), last, limit)
+
+    def referrers(self, repository: str, subject: str) -> Deferred[list[dict[str, Any]]]:
+        return Deferred.fromCoroutine(self._referrers(repository, subject))
+
+    async def _referrers(self, repository: str, subject: str) -> list[dict[str, Any]]:
+        paths = self._paths(repository)
+        checkDigest(subject)
+        return await inThread(self._reactor, _referrers, paths, subject)

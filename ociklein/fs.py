@@ -1,0 +1,13 @@
+"""
+Filesystem storage: blobs, manifests, tags and upload sessions under one
+root directory, written so that a crash or a second process on the same
+root never sees a torn file.  The layout is described in docs/storage.md.
+"""
+
+from __future__ import annotations
+
+from ociklein._fsblobs import FilesystemBlobStore
+from ociklein._fsmanifests import FilesystemManifestBackend
+from ociklein._fsutil import prepareRoot
+
+__all__ = ["FilesystemBlobStore", "FilesystemManifestBackend", "prepareRoot"]

@@ -1,0 +1,668 @@
+"""
+What only the filesystem backend promises: its layout, persistence across
+restarts, expiry, crash and error handling, path safety and sharing a root.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, threads
+from twisted.internet.task import Clock
+
+from ociklein.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
+from ociklein.interfaces import IBlobStore, IUpload
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+TTL = 100.0
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def files(top: Path) -> set[str]:
+    """Every file and directory under C{top}, relative to it."""
+    return {str(p.relative_to(top)) for p in top.rglob("*")}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def makeStore(root: Path, clock: Clock) -> Iterator[Callable[[], FilesystemBlobStore]]:
+    """Open blob stores on the shared root, as separate processes would."""
+    stores: list[FilesystemBlobStore] = []
+
+    def make() -> FilesystemBlobStore:
+        store = FilesystemBlobStore(str(root), clock=clock, uploadTTL=TTL)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(makeStore: Callable[[], FilesystemBlobStore]) -> FilesystemBlobStore:
+    return makeStore()
+
+
+@pytest.fixture
+def manifests(root: Path) -> FilesystemManifestBackend:
+    return FilesystemManifestBackend(str(root))
+
+
+async def push(blobs: IBlobStore, data: bytes, repository: str = "repo") -> str:
+    upload = await blobs.startUpload(repository)
+    await upload.write(data)
+    await upload.commit(sha256(data))
+    return sha256(data)
+
+
+async def found(blobs: IBlobStore, uploadId: str) -> IUpload:
+    upload = await blobs.getUpload(uploadId)
+    assert upload is not None
+    return upload
+
+
+# Layout
+
+
+@pytest_twisted.ensureDeferred
+async def test_layout(root: Path, store: FilesystemBlobStore, manifests: FilesystemManifestBackend) -> None:
+    """Each thing lives at the path docs/storage.md describes."""
+    digest = await push(store, b"blob", "library/ubuntu")
+    await store.link("library/ubuntu", digest)
+    hexdigest = digest.split(":")[1]
+    assert (root / "blobs" / "sha256" / hexdigest[:2] / hexdigest).read_bytes() == b"blob"
+    ubuntu = root / "repositories" / "library" / "ubuntu"
+    assert (ubuntu / "_links" / "sha256" / hexdigest).read_bytes() == b""
+
+    content, subject = b'{"m": 1}', sha256(b"subject")
+    mdigest = sha256(content)
+    await manifests.putManifest("library/ubuntu", mdigest, MANIFEST, content, subject, {"a": 1})
+    await manifests.setTag("library/ubuntu", "latest", mdigest)
+    stored = (ubuntu / "_manifests" / "sha256" / mdigest.split(":")[1]).read_bytes()
+    header, _, body = stored.partition(b"\n")
+    assert json.loads(header) == {"mediaType": MANIFEST, "subject": subject}
+    assert body == content
+    assert (ubuntu / "_tags" / "latest").read_text() == mdigest + "\n"
+    referrer = ubuntu / "_referrers" / "sha256" / subject.split(":")[1]
+    assert json.loads((referrer / f"sha256-{mdigest.split(':')[1]}.json").read_text()) == {"a": 1}
+    assert (root / "catalog" / "library+ubuntu").exists()
+    assert sorted(os.listdir(root)) == ["blobs", "catalog", "repositories", "tmp", "uploads"]
+    assert os.listdir(root / "tmp") == []
+    assert os.listdir(root / "uploads") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_nestedRepositoriesDoNotClash(root: Path, manifests: FilesystemManifestBackend) -> None:
+    """Repositories a and a/b share a directory without mixing their tags."""
+    await manifests.setTag("a", "one", sha256(b"1"))
+    await manifests.setTag("a/b", "two", sha256(b"2"))
+    assert await manifests.listTags("a", None, 10) == ["one"]
+    assert await manifests.listTags("a/b", None, 10) == ["two"]
+    assert sorted(os.listdir(root / "repositories" / "a")) == ["_tags", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_blobStoredOnce(root: Path, store: FilesystemBlobStore) -> None:
+    """The same blob pushed to two repositories is one file."""
+    await push(store, b"common layer", "one")
+    await push(store, b"common layer", "two")
+    blobs = [p for p in (root / "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == 1
+
+
+# Restarts
+
+
+@pytest_twisted.ensureDeferred
+async def test_restartKeepsEverything(root: Path, clock: Clock) -> None:
+    """New instances on the same root see blobs, links, manifests, tags, referrers, repos."""
+    store = FilesystemBlobStore(str(root), clock=clock)
+    manifests = FilesystemManifestBackend(str(root))
+    digest = await push(store, b"layer", "library/ubuntu")
+    await store.link("library/ubuntu", digest)
+    content, subject = b'{"x": 1}', sha256(b"img")
+    await manifests.putManifest("library/ubuntu", sha256(content), MANIFEST, content, subject, {})
+    await manifests.setTag("library/ubuntu", "latest", sha256(content))
+    await manifests.setTag("other", "v1", sha256(content))
+    store.close()
+
+    store = FilesystemBlobStore(str(root), clock=clock)
+    manifests = FilesystemManifestBackend(str(root))
+    try:
+        assert await store.stat(digest) == 5
+        assert await store.isLinked("library/ubuntu", digest)
+        got = await manifests.getManifest("library/ubuntu", sha256(content))
+        assert got == (MANIFEST, content)
+        assert await manifests.resolveTag("library/ubuntu", "latest") == sha256(content)
+        assert await manifests.referrers("library/ubuntu", subject) == [{}]
+        assert await manifests.listRepositories(None, 10) == ["library/ubuntu", "other"]
+        assert await manifests.listTags("other", None, 10) == ["v1"]
+    finally:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+async def test_uploadSurvivesRestart(makeStore: Callable[[], FilesystemBlobStore], algorithm: str) -> None:
+    """A live session is found by a new instance, with its size, and resumes."""
+    first = makeStore()
+    upload = await first.startUpload("library/ubuntu")
+    await upload.write(b"before restart, ")
+    first.close()
+
+    second = makeStore()
+    resumed = await found(second, upload.uploadId)
+    assert resumed.size == 16
+    assert resumed.repository == "library/ubuntu"
+    await resumed.write(b"after")
+    data = b"before restart, after"
+    assert await resumed.digest(algorithm) == hashlib.new(algorithm, data).hexdigest()
+    assert await resumed.digest("sha256") == hashlib.sha256(data).hexdigest()
+    await resumed.commit(sha256(data))
+    assert await second.stat(sha256(data)) == len(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessionAppendedElsewhere(makeStore: Callable[[], FilesystemBlobStore]) -> None:
+    """A session continued by another process is seen with its new size and hash."""
+    one, two = makeStore(), makeStore()
+    upload = await one.startUpload("repo")
+    await upload.write(b"from one; ")
+    await (await found(two, upload.uploadId)).write(b"from two")
+    again = await found(one, upload.uploadId)
+    data = b"from one; from two"
+    assert again.size == len(data)
+    assert await again.digest("sha256") == hashlib.sha256(data).hexdigest()
+
+
+# Expiry
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploadExpires(root: Path, store: FilesystemBlobStore, clock: Clock) -> None:
+    """getUpload finds a session until uploadTTL seconds after its start, then removes it."""
+    store.expireUploads = lambda: defer.succeed([])  # type: ignore[method-assign]
+    upload = await store.startUpload("repo")
+    await upload.write(b"stale")
+    clock.advance(TTL - 1)
+    assert await store.getUpload(upload.uploadId) is upload
+    clock.advance(1)
+    assert await store.getUpload(upload.uploadId) is None
+    assert os.listdir(root / "uploads") == []
+    assert os.listdir(root / "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiredAtStartup(
+    root: Path, clock: Clock, makeStore: Callable[[], FilesystemBlobStore]
+) -> None:
+    """Sessions expired while no process ran are removed at startup."""
+    first = makeStore()
+    await first.startUpload("repo")
+    clock.advance(TTL / 2)
+    young = await first.startUpload("repo")
+    first.close()
+    clock.advance(TTL / 2)
+    makeStore()
+    assert os.listdir(root / "uploads") == [young.uploadId]
+
+
+@pytest_twisted.ensureDeferred
+async def test_expireUploads(root: Path, store: FilesystemBlobStore, clock: Clock) -> None:
+    """expireUploads removes expired sessions only, and answers their ids."""
+    old = await store.startUpload("repo")
+    clock.advance(TTL / 2)
+    young = await store.startUpload("repo")
+    store.close()  # no periodic run racing the one under test
+    clock.advance(TTL / 2)
+    assert await store.expireUploads() == [old.uploadId]
+    assert os.listdir(root / "uploads") == [young.uploadId]
+    assert await store.getUpload(old.uploadId) is None
+    assert await store.getUpload(young.uploadId) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_periodicExpiry(store: FilesystemBlobStore, clock: Clock) -> None:
+    """Expiry runs periodically on the injected clock until close()."""
+    calls: list[float] = []
+
+    def spy() -> defer.Deferred[list[str]]:
+        calls.append(clock.seconds())
+        return defer.succeed([])
+
+    store.expireUploads = spy  # type: ignore[method-assign]
+    clock.advance(TTL / 2)
+    clock.advance(TTL / 2)
+    assert calls == [TTL / 2, TTL]
+    store.close()
+    assert clock.getDelayedCalls() == []
+    clock.advance(TTL)
+    assert calls == [TTL / 2, TTL]
+
+
+# Crash leftovers and failures
+
+
+def test_tmpCleanedAtStartup(root: Path, clock: Clock) -> None:
+    """Startup removes temp files left by a crash, not a live writer's fresh ones."""
+    prepareRoot(str(root))
+    tmp = root / "tmp"
+    stale = time.time() - 2 * 3600
+    (tmp / "old.tmp").write_bytes(b"x")
+    os.utime(tmp / "old.tmp", (stale, stale))
+    (tmp / "old.upload").mkdir()
+    (tmp / "old.upload" / "data").write_bytes(b"x")
+    os.utime(tmp / "old.upload", (stale, stale))
+    (tmp / "gone.del").mkdir()
+    (tmp / "gone.del" / "data").write_bytes(b"x")
+    (tmp / "fresh.tmp").write_bytes(b"x")
+    FilesystemBlobStore(str(root), clock=clock).close()
+    assert os.listdir(tmp) == ["fresh.tmp"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_abortRemovesData(root: Path, store: FilesystemBlobStore) -> None:
+    """abort removes the partial data and the session directory."""
+    upload = await store.startUpload("repo")
+    await upload.write(b"partial" * 1000)
+    assert len(os.listdir(root / "uploads")) == 1
+    await upload.abort()
+    assert files(root / "uploads") == set()
+    assert files(root / "tmp") == set()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+async def test_writeError(
+    root: Path, store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """A failing os.write fails write(), the session refuses more, abort cleans up."""
+    upload = await store.startUpload("repo")
+    await upload.write(b"fine ")
+    realWrite = os.write
+
+    def failing(fd: int, data: Any) -> int:
+        if len(data) > 4:
+            return realWrite(fd, bytes(data[:4]))
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "write", failing)
+    with pytest.raises(OSError) as raised:
+        await upload.write(b"this does not fit")
+    assert raised.value.errno == code
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        await upload.write(b"more")
+    with pytest.raises(OSError):
+        await upload.commit(sha256(b"fine this does not fit"))
+    await upload.abort()
+    assert files(root / "uploads") == set()
+    assert files(root / "blobs") == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_endedSessionRefusesWrites(store: FilesystemBlobStore) -> None:
+    """Writing to or committing a session after it ended fails."""
+    upload = await store.startUpload("repo")
+    await upload.abort()
+    with pytest.raises(ValueError):
+        await upload.write(b"late")
+    with pytest.raises(ValueError):
+        await upload.commit(sha256(b""))
+
+
+# Path safety
+
+BAD_REPOSITORIES = [
+    "",
+    ".",
+    "..",
+    "a/..",
+    "a/../../b",
+    "../etc",
+    "/etc",
+    "a/",
+    "a//b",
+    "a%2Fb",
+    "a\x00b",
+    "a\nb",
+    "repo\n",
+    "A",
+    "_a",
+    "a/_tags",
+    "a\\b",
+    "a" * 300,
+    "/".join(["a"] * 129),
+]
+BAD_DIGESTS = [
+    "",
+    "sha256:",
+    "sha256:" + "a" * 63,
+    "sha256:" + "A" * 64,
+    "sha256:" + "a" * 32 + "/" + "a" * 31,
+    "sha256:../../../../etc/passwd",
+    "sha256/" + "a" * 64,
+    "md5:" + "a" * 32,
+    "sha512:" + "a" * 64,
+    "sha256:" + "a" * 64 + "\n",
+    "../" + "a" * 64,
+]
+BAD_TAGS = ["", ".", "..", ".hidden", "-x", "a/b", "../x", "a\x00", "a" * 129, "x\n"]
+GOOD = sha256(b"good")
+
+
+def refusals(
+    blobs: FilesystemBlobStore, manifests: FilesystemManifestBackend
+) -> list[tuple[str, Callable[[str], defer.Deferred[Any]]]]:
+    """Every method that takes a name, as (kind of name, call)."""
+    return [
+        ("repository", lambda r: blobs.link(r, GOOD)),
+        ("repository", lambda r: blobs.unlink(r, GOOD)),
+        ("repository", lambda r: blobs.isLinked(r, GOOD)),
+        ("repository", blobs.startUpload),
+        ("repository", lambda r: manifests.getManifest(r, GOOD)),
+        ("repository", lambda r: manifests.putManifest(r, GOOD, MANIFEST, b"{}", None, {})),
+        ("repository", lambda r: manifests.deleteManifest(r, GOOD)),
+        ("repository", lambda r: manifests.resolveTag(r, "latest")),
+        ("repository", lambda r: manifests.setTag(r, "latest", GOOD)),
+        ("repository", lambda r: manifests.deleteTag(r, "latest")),
+        ("repository", lambda r: manifests.listTags(r, None, 10)),
+        ("repository", lambda r: manifests.referrers(r, GOOD)),
+        ("digest", blobs.stat),
+        ("digest", blobs.open),
+        ("digest", lambda d: blobs.link("repo", d)),
+        ("digest", lambda d: blobs.unlink("repo", d)),
+        ("digest", lambda d: blobs.isLinked("repo", d)),
+        ("digest", lambda d: manifests.getManifest("repo", d)),
+        ("digest", lambda d: manifests.putManifest("repo", d, MANIFEST, b"{}", None, {})),
+        ("digest", lambda d: manifests.putManifest("repo", GOOD, MANIFEST, b"{}", d, {})),
+        ("digest", lambda d: manifests.deleteManifest("repo", d)),
+        ("digest", lambda d: manifests.setTag("repo", "latest", d)),
+        ("digest", lambda d: manifests.referrers("repo", d)),
+        ("tag", lambda t: manifests.resolveTag("repo", t)),
+        ("tag", lambda t: manifests.setTag("repo", t, GOOD)),
+        ("tag", lambda t: manifests.deleteTag("repo", t)),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_badNamesRefused(
+    tmp_path: Path, root: Path, store: FilesystemBlobStore, manifests: FilesystemManifestBackend
+) -> None:
+    """Every method refuses bad names with ValueError and writes nothing anywhere."""
+    outside = files(tmp_path)
+    bad = {"repository": BAD_REPOSITORIES, "digest": BAD_DIGESTS, "tag": BAD_TAGS}
+    count = 0
+    for kind, call in refusals(store, manifests):
+        for name in bad[kind]:
+            with pytest.raises(ValueError):
+                await call(name)
+            count += 1
+    assert count > 300
+    assert files(tmp_path) == outside
+
+
+@pytest_twisted.ensureDeferred
+async def test_badDigestOnCommitRefused(root: Path, store: FilesystemBlobStore) -> None:
+    """commit refuses a digest that would be a path outside blobs/."""
+    upload = await store.startUpload("repo")
+    await upload.write(b"data")
+    for digest in BAD_DIGESTS:
+        with pytest.raises(ValueError):
+            await upload.commit(digest)
+    assert files(root / "blobs") == set()
+    assert (await found(store, upload.uploadId)).size == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_badUploadIdsRefused(root: Path, store: FilesystemBlobStore) -> None:
+    """getUpload answers None for an id outside its grammar, even if such a path exists."""
+    decoy = root / "uploads" / "short"
+    decoy.mkdir()
+    (decoy / "info").write_text(json.dumps({"repository": "repo", "started": 0}))
+    (decoy / "data").write_bytes(b"")
+    for uploadId in ["short", "../uploads/short", "a" * 65, "a" * 20 + "\n", "a" * 16 + "/.."]:
+        assert await store.getUpload(uploadId) is None
+    assert await store.getUpload("../" + "a" * 20) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothingWrittenOutsideRoot(
+    tmp_path: Path, store: FilesystemBlobStore, manifests: FilesystemManifestBackend
+) -> None:
+    """A full workflow creates files only under the root."""
+    outside = files(tmp_path)
+    digest = await push(store, b"layer", "a/b/c")
+    await store.link("a/b/c", digest)
+    upload = await store.startUpload("a/b/c")
+    await upload.write(b"x")
+    await upload.digest("sha512")
+    await upload.abort()
+    content = b"{}"
+    await manifests.putManifest("a/b/c", sha256(content), MANIFEST, content, digest, {})
+    await manifests.setTag("a/b/c", "latest", sha256(content))
+    await manifests.deleteManifest("a/b/c", sha256(content))
+    created = files(tmp_path) - outside
+    assert created and all(name.startswith("root") for name in created)
+
+
+# Threads
+
+
+@pytest_twisted.ensureDeferred
+async def test_slowCallsOffReactorThread(
+    store: FilesystemBlobStore,
+    manifests: FilesystemManifestBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fsync, rename and rehashing never run on the reactor thread."""
+    onReactor: list[str] = []
+    mainThread = threading.main_thread()
+
+    def watch(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is mainThread:
+                onReactor.append(name)
+            return real(*args, **kwargs)
+
+        return watched
+
+    for name in ["fsync", "rename", "pread"]:
+        monkeypatch.setattr(os, name, watch(name, getattr(os, name)))
+    upload = await store.startUpload("repo")
+    await upload.write(b"data")
+    upload._sha256 = None  # type: ignore[attr-defined]
+    assert await upload.digest("sha256") == hashlib.sha256(b"data").hexdigest()
+    assert await upload.digest("sha512") == hashlib.sha512(b"data").hexdigest()
+    await upload.commit(sha256(b"data"))
+    await store.link("repo", sha256(b"data"))
+    await store.unlink("repo", sha256(b"data"))
+    await (await store.startUpload("repo")).abort()
+    content = b"{}"
+    await manifests.putManifest("repo", sha256(content), MANIFEST, content, GOOD, {})
+    await manifests.setTag("repo", "latest", sha256(content))
+    await manifests.deleteTag("repo", "latest")
+    await manifests.deleteManifest("repo", sha256(content))
+    assert onReactor == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_listingsReadNoFiles(
+    manifests: FilesystemManifestBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing tags and repositories lists directories and opens no file."""
+    for i in range(50):
+        await manifests.setTag(f"repo{i % 5}", f"t{i:03}", sha256(b"%d" % i))
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a listing opened a file")
+
+    monkeypatch.setattr(os, "open", forbidden)
+    monkeypatch.setattr("builtins.open", forbidden)
+    assert await manifests.listRepositories(None, 100) == [f"repo{i}" for i in range(5)]
+    tags = await manifests.listTags("repo3", "t010", 3)
+    assert tags == ["t013", "t018", "t023"]
+
+
+# Sharing a root
+
+
+@pytest_twisted.ensureDeferred
+async def test_sameBlobPushedConcurrently(root: Path, makeStore: Callable[[], FilesystemBlobStore]) -> None:
+    """Two processes committing the same blob at once both succeed, leaving one blob."""
+    data = os.urandom(3 * 1024 * 1024)
+    stores = [makeStore(), makeStore()] * 4
+    uploads = [await s.startUpload(f"repo{i}") for i, s in enumerate(stores)]
+    for upload in uploads:
+        await upload.write(data)
+    await defer.gatherResults([u.commit(sha256(data)) for u in uploads])
+    assert [await s.stat(sha256(data)) for s in stores] == [len(data)] * len(stores)
+    reader = await stores[1].open(sha256(data))
+    assert reader is not None
+    assert await reader.read(0, reader.size) == data
+    reader.close()
+    assert files(root / "uploads") == set()
+    assert files(root / "tmp") == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tagOverwrittenConcurrently(root: Path) -> None:
+    """Tags rewritten by two processes at once always resolve, last writer wins."""
+    one, two = FilesystemManifestBackend(str(root)), FilesystemManifestBackend(str(root))
+    targets = [sha256(b"%d" % i) for i in range(40)]
+    await one.setTag("repo", "latest", targets[0])
+    path = root / "repositories" / "repo" / "_tags" / "latest"
+    stop = threading.Event()
+
+    def readWhileWriting() -> set[str]:
+        seen = set()
+        while not stop.is_set():
+            seen.add(path.read_text())
+        return seen
+
+    reading = threads.deferToThread(readWhileWriting)
+    writes = [(one if i % 2 else two).setTag("repo", "latest", t) for i, t in enumerate(targets)]
+    await defer.gatherResults(writes)
+    stop.set()
+    seen = await reading
+    assert seen <= {t + "\n" for t in targets}
+    assert await one.resolveTag("repo", "latest") in targets
+    await two.setTag("repo", "latest", targets[7])
+    assert await one.resolveTag("repo", "latest") == targets[7]
+    assert os.listdir(root / "repositories" / "repo" / "_tags") == ["latest"]
+    assert os.listdir(root / "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_readerOutlivesDeletedBlob(root: Path, store: FilesystemBlobStore) -> None:
+    """A reader keeps reading a blob whose file was deleted meanwhile."""
+    data = os.urandom(100_000)
+    digest = await push(store, data)
+    reader = await store.open(digest)
+    assert reader is not None
+    first = await reader.read(0, 1000)
+    hexdigest = digest.split(":")[1]
+    os.unlink(root / "blobs" / "sha256" / hexdigest[:2] / hexdigest)
+    assert await store.stat(digest) is None
+    rest = await reader.read(1000, len(data))
+    assert first + rest == data
+    reader.close()
+    assert await reader.read(0, 10) == b""
+
+
+# Preparing the root
+
+
+def test_prepareRootCreates(tmp_path: Path) -> None:
+    """prepareRoot creates a missing root, parents included, and is idempotent."""
+    root = tmp_path / "a" / "b" / "root"
+    prepareRoot(str(root))
+    prepareRoot(str(root))
+    assert sorted(os.listdir(root)) == ["blobs", "catalog", "repositories", "tmp", "uploads"]
+    assert os.listdir(root / "tmp") == []
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_prepareRootRefusesFile(tmp_path: Path, where: str, clock: Clock) -> None:
+    """A root that is a file, or under one, fails with a one-line ValueError."""
+    plain = tmp_path / "plain"
+    plain.write_text("not a directory")
+    root = str(plain if where == "file" else plain / "root")
+    makers: list[Callable[[str], object]] = [
+        prepareRoot,
+        FilesystemManifestBackend,
+        lambda r: FilesystemBlobStore(r, clock=clock),
+    ]
+    for make in makers:
+        with pytest.raises(ValueError) as raised:
+            make(root)
+        message = str(raised.value)
+        assert "\n" not in message
+        assert root in message and "not a directory" in message
+    assert plain.read_text() == "not a directory"
+
+
+def test_prepareRootRefusesUnwritable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root where no file can be created fails with a one-line ValueError."""
+
+    def readOnly(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    prepareRoot(str(tmp_path / "root"))
+    monkeypatch.setattr(os, "open", readOnly)
+    with pytest.raises(ValueError, match=r"not writable: Read-only file system$"):
+        prepareRoot(str(tmp_path / "root"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_unresumableUploadLeftByADeadWriterIsRemovedAtStartup(
+    root: Path, makeStore: Callable[[], FilesystemBlobStore]
+) -> None:
+    """A monolithic (unresumable) upload is never found by id, kept while its writer lives,
+    and removed by the next start once its writer is gone."""
+    first = makeStore()
+    upload = await first.startUpload("repo", resumable=False)
+    await upload.write(b"x" * 4096)
+    assert await first.getUpload(upload.uploadId) is None
+    makeStore()  # a second process starting meanwhile leaves the live upload alone
+    assert any(name.endswith(".upload") for name in os.listdir(root / "tmp"))
+    upload._release()  # type: ignore[attr-defined]  # the writer dies: its lock goes
+    makeStore()
+    assert not any(name.endswith(".upload") for name in os.listdir(root / "tmp"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_unresumableUploadCommits(root: Path, store: FilesystemBlobStore) -> None:
+    """An unresumable upload publishes its blob like any other and leaves nothing in tmp/."""
+    data = b"monolithic" * 1000
+    upload = await store.startUpload("repo", resumable=False)
+    await upload.write(data)
+    await upload.commit(sha256(data))
+    reader = await store.open(sha256(data))
+    assert reader is not None
+    assert await reader.read(0, len(data)) == data
+    reader.close()
+    assert os.listdir(root / "tmp") == []
