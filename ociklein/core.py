@@ -136,15 +136,16 @@ class RegistryCore:
 
     # -- uploads ----------------------------------------------------------
 
-    async def startUpload(self, name: str) -> IUpload:
+    async def startUpload(self, name: str, resumable: bool = True) -> IUpload:
         self.checkName(name)
-        return await self.blobs.startUpload(name)
+        return await self.blobs.startUpload(name, resumable)
 
     async def getUpload(self, name: str, uploadId: str) -> IUpload:
         """
         The session C{uploadId}, which must belong to C{name}.
         """
-        upload = await self.blobs.getUpload(uploadId) if isName(name) else None
+        self.checkName(name)
+        upload = await self.blobs.getUpload(uploadId)
         if upload is None or upload.repository != name:
             raise errors.blobUploadUnknown(uploadId)
         return upload
@@ -209,7 +210,7 @@ class RegistryCore:
         A monolithic upload: the whole blob in one request.
         """
         self.checkDigest(digest)
-        upload = await self.startUpload(name)
+        upload = await self.startUpload(name, resumable=False)
         await self.appendToUpload(upload, body, abortOnLoss=True)
         await self.finishUpload(name, upload, digest)
 
@@ -292,7 +293,7 @@ class RegistryCore:
     def _limit(self, n: str | None) -> int:
         if n is None or n == "":
             return self.defaultPageSize
-        if not n.isdigit():
+        if not (n.isascii() and n.isdigit()):
             raise errors.paginationInvalid(f"n={n!r} is not a non-negative integer")
         return min(int(n), MAX_PAGE_SIZE)
 

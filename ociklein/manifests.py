@@ -87,6 +87,8 @@ def parseManifest(content: bytes, contentType: str | None) -> Manifest:
         document = json.loads(content)
     except (ValueError, UnicodeDecodeError) as e:
         raise manifestInvalid(f"not JSON: {e}") from None
+    except RecursionError:
+        raise manifestInvalid("JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise manifestInvalid("a manifest is a JSON object")
     declared = document.get("mediaType")
@@ -105,7 +107,8 @@ def parseManifest(content: bytes, contentType: str | None) -> Manifest:
         mediaType = OCI_MANIFEST
     else:
         raise manifestInvalid(f"unsupported manifest media type {header or declared}")
-    if document.get("schemaVersion") != 2:
+    schemaVersion = document.get("schemaVersion")
+    if type(schemaVersion) is not int or schemaVersion != 2:
         raise manifestInvalid("schemaVersion must be 2")
     manifest = Manifest(mediaType=mediaType, annotations=_annotations(document))
     artifactType = document.get("artifactType")

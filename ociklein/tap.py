@@ -83,7 +83,7 @@ class Options(usage.Options):
                 self[key] = convert(self[key])
             except (TypeError, ValueError):
                 raise usage.UsageError(f"--{key} must be a number, not {self[key]!r}") from None
-            if self[key] <= 0:
+            if not self[key] > 0:  # also refuses nan
                 raise usage.UsageError(f"--{key} must be positive")
         if self["backend"] not in ("memory", "fs"):
             raise usage.UsageError(f"--backend must be memory or fs, not {self['backend']!r}")
@@ -92,7 +92,7 @@ class Options(usage.Options):
         for description in self["listen"]:
             try:
                 serverFromString(reactor, description)
-            except (ValueError, KeyError, TypeError) as e:
+            except Exception as e:  # a missing or unreadable TLS key is an OSError or an SSL error
                 raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
 
 

@@ -55,11 +55,16 @@ class StubClient:
     async def _settle(self, d: Deferred[Any]) -> Any:
         done: list[Any] = []
         d.addBoth(done.append)
-        for _ in range(10000):
-            if done:
-                break
+        # Bounded by time, not turns: backends that fsync in threads can
+        # take longer than any fixed number of reactor turns.
+        deadline = time.monotonic() + 30
+        turns = 0
+        while not done and time.monotonic() < deadline:
             self.stub.flush()
-            await deferLater(reactor, 0, lambda: None)
+            await deferLater(reactor, 0 if turns < 1000 else 0.001, lambda: None)
+            turns += 1
+        if not done:
+            raise TimeoutError("StubTreq request did not complete in 30 s")
         result = done[0]
         if hasattr(result, "raiseException"):
             result.raiseException()
