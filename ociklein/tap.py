@@ -62,7 +62,8 @@ class Options(usage.Options):
         except OSError as e:
             raise usage.UsageError(f"cannot read config file {path}: {e.strerror}") from None
         except configparser.Error as e:
-            raise usage.UsageError(f"bad config file {path}: {e.message}") from None
+            reason = " ".join(e.message.split())  # configparser's messages span lines
+            raise usage.UsageError(f"bad config file {path}: {reason}") from None
         if not parser.has_section(SECTION):
             return {}
         values: dict[str, Any] = {}
@@ -89,6 +90,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--backend must be memory or fs, not {self['backend']!r}")
         from twisted.internet import reactor
 
+        if not self["listen"]:
+            raise usage.UsageError("--listen needs at least one endpoint")
         for description in self["listen"]:
             try:
                 serverFromString(reactor, description)

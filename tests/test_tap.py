@@ -1,0 +1,249 @@
+"""
+The C{twistd ociregistry} plugin: option parsing, the INI file, the shipped
+C{tap.cfg}, the service, and the real twistd command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.python.usage import UsageError
+from zope.interface.verify import verifyObject
+
+from ociklein.tap import DEFAULTS, SECTION, Options, makeService
+
+TAP_CFG = Path(__file__).resolve().parent.parent / "tap.cfg"
+TWISTD = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
+
+EXPECTED_DEFAULTS = {
+    "listen": ["tcp:5000"],
+    "backend": "memory",
+    "root": "./ociregistry-data",
+    "max-manifest-bytes": 4194304,
+    "upload-ttl": 86400.0,
+}
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def values(options: Options) -> dict[str, Any]:
+    return {key: options[key] for key in EXPECTED_DEFAULTS}
+
+
+def writeConfig(tmp_path: Path, text: str, name: str = "ociregistry.cfg") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults() -> None:
+    """Without arguments every option has its documented default."""
+    options = parse()
+    assert values(options) == EXPECTED_DEFAULTS
+    assert type(options["max-manifest-bytes"]) is int
+    assert type(options["upload-ttl"]) is float
+    assert options["config"] is None
+    assert set(DEFAULTS) == set(EXPECTED_DEFAULTS)
+
+
+def test_listen_repeatable() -> None:
+    """--listen may be given several times; all are kept, in order, replacing the default."""
+    options = parse("--listen", "tcp:5001", "--listen=tcp:5002:interface=127.0.0.1", "--listen", "unix:/x")
+    assert options["listen"] == ["tcp:5001", "tcp:5002:interface=127.0.0.1", "unix:/x"]
+
+
+def test_config_file(tmp_path: Path) -> None:
+    """--config reads every option from the [ociregistry] section, keys being long option names."""
+    path = writeConfig(
+        tmp_path,
+        f"[{SECTION}]\n"
+        "listen = tcp:6001\n    tcp:6002:interface=127.0.0.1\n"
+        "backend = fs\nroot = /srv/oci\nmax-manifest-bytes = 1000\nupload-ttl = 2.5\n",
+    )
+    for args in (("--config", path), ("-c", path), (f"--config={path}",)):
+        assert values(parse(*args)) == {
+            "listen": ["tcp:6001", "tcp:6002:interface=127.0.0.1"],
+            "backend": "fs",
+            "root": "/srv/oci",
+            "max-manifest-bytes": 1000,
+            "upload-ttl": 2.5,
+        }
+
+
+def test_precedence(tmp_path: Path) -> None:
+    """The command line beats the file, which beats the defaults."""
+    path = writeConfig(
+        tmp_path, f"[{SECTION}]\nbackend = fs\nmax-manifest-bytes = 1000\nlisten = tcp:6001 tcp:6002\n"
+    )
+    options = parse("--max-manifest-bytes", "2000", "--listen", "tcp:7000", "--config", path)
+    assert values(options) == {
+        "listen": ["tcp:7000"],
+        "backend": "fs",
+        "root": "./ociregistry-data",
+        "max-manifest-bytes": 2000,
+        "upload-ttl": 86400.0,
+    }
+    assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
+    assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]
+
+
+def test_config_without_section(tmp_path: Path) -> None:
+    """A file without an [ociregistry] section leaves the defaults."""
+    path = writeConfig(tmp_path, "[other]\nbackend = fs\n")
+    assert values(parse("--config", path)) == EXPECTED_DEFAULTS
+
+
+_BAD: list[tuple[list[str], str | None, str]] = [
+    ([], f"[{SECTION}]\nbogus = 1\n", "unknown key 'bogus'"),
+    ([], f"[{SECTION}]\nconfig = other.cfg\n", "unknown key 'config'"),
+    ([], f"[{SECTION}]\nmax_manifest_bytes = 1\n", "unknown key 'max_manifest_bytes'"),
+    ([], "backend = fs\n", "bad config file"),
+    ([], f"[{SECTION}]\nbackend = fs\nbackend = memory\n", "bad config file"),
+    (["--config", "/nonexistent/oci.cfg"], None, "cannot read config file /nonexistent/oci.cfg"),
+    (["--backend=bogus"], None, "--backend must be memory or fs, not 'bogus'"),
+    ([], f"[{SECTION}]\nbackend = s3\n", "--backend must be memory or fs, not 's3'"),
+    (["--max-manifest-bytes=abc"], None, "--max-manifest-bytes must be a number, not 'abc'"),
+    (["--max-manifest-bytes=1.5"], None, "--max-manifest-bytes must be a number"),
+    (["--max-manifest-bytes=-5"], None, "--max-manifest-bytes must be positive"),
+    (["--max-manifest-bytes=0"], None, "--max-manifest-bytes must be positive"),
+    ([], f"[{SECTION}]\nmax-manifest-bytes = lots\n", "--max-manifest-bytes must be a number, not 'lots'"),
+    ([], f"[{SECTION}]\nmax-manifest-bytes =\n", "--max-manifest-bytes must be a number"),
+    (["--upload-ttl=soon"], None, "--upload-ttl must be a number"),
+    (["--upload-ttl=-1"], None, "--upload-ttl must be positive"),
+    (["--upload-ttl=nan"], None, "--upload-ttl must be positive"),
+    (["--listen", "bogus:1"], None, "bad --listen 'bogus:1'"),
+    (["--listen", "tcp:abc"], None, "bad --listen 'tcp:abc'"),
+    (["--listen", "tcp"], None, "bad --listen 'tcp'"),
+    (["--listen", "tcp:5000", "--listen", ""], None, "bad --listen ''"),
+    (["--listen", "ssl:5443:privateKey=/nonexistent/key.pem"], None, "bad --listen 'ssl:5443"),
+    ([], f"[{SECTION}]\nlisten = tcp:5000 nope:1\n", "bad --listen 'nope:1'"),
+    ([], f"[{SECTION}]\nlisten =\n", "--listen needs at least one endpoint"),
+]
+
+
+@pytest.mark.parametrize(("args", "config", "message"), _BAD, ids=[m for _, _, m in _BAD])
+def test_usage_errors(tmp_path: Path, args: list[str], config: str | None, message: str) -> None:
+    """Unknown keys, missing files, bad backends, numbers and endpoints are one-line UsageErrors."""
+    if config is not None:
+        args = [*args, "--config", writeConfig(tmp_path, config)]
+    with pytest.raises(UsageError) as raised:
+        parse(*args)
+    text = str(raised.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_tap_cfg_parses_to_defaults() -> None:
+    """The repository's tap.cfg parses cleanly and yields exactly the defaults."""
+    assert values(parse("--config", str(TAP_CFG))) == EXPECTED_DEFAULTS
+
+
+def test_tap_cfg_documents_every_key() -> None:
+    """tap.cfg sets every key of the [ociregistry] section, each after a comment giving its default."""
+    lines = TAP_CFG.read_text().splitlines()
+    assert f"[{SECTION}]" in lines
+    documented: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        if line and not line[0].isspace() and "=" in line and not line.startswith("#"):
+            key, _, value = (part.strip() for part in line.partition("="))
+            comments = []
+            for before in reversed(lines[:i]):
+                if not before.startswith("#"):
+                    break
+                comments.append(before)
+            assert comments, f"{key} has no comment"
+            assert any(f"Default: {value}" in c for c in comments), (key, comments)
+            documented[key] = value
+    assert set(documented) == set(DEFAULTS)
+
+
+def test_make_service_is_iservice() -> None:
+    """makeService returns an IService, from Options or from a plain dict."""
+    assert verifyObject(IService, makeService(parse("--listen", "tcp:0:interface=127.0.0.1")))
+    assert verifyObject(IService, makeService({**EXPECTED_DEFAULTS, "listen": ["tcp:0"]}, reactor=reactor))
+
+
+@pytest.mark.parametrize("backend", ["memory", "fs"])
+@pytest_twisted.ensureDeferred
+async def test_make_service_serves(tmp_path: Path, backend: str) -> None:
+    """The service makeService builds listens on its endpoints, serves /v2/, and stops cleanly."""
+    options = parse(
+        "--listen", "tcp:0:interface=127.0.0.1", "--backend", backend, "--root", str(tmp_path / "data")
+    )
+    service = makeService(options, reactor=reactor)
+    service.startService()
+    try:
+        [child] = list(service)  # type: ignore[call-overload]
+        [port] = await child.listening.addTimeout(10, reactor)
+        response = await treq.get(f"http://127.0.0.1:{port.getHost().port}/v2/", persistent=False)
+        assert response.code == 200
+        assert json.loads(await treq.content(response)) == {}
+    finally:
+        await service.stopService()
+
+
+def test_twistd_help_lists_plugin() -> None:
+    """twistd --help lists the ociregistry subcommand."""
+    result = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert any(line.split()[:1] == ["ociregistry"] for line in result.stdout.splitlines()), result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("--backend=bogus", "--backend must be memory or fs, not 'bogus'"),
+        ("--listen=ssl:0:privateKey=/nonexistent/key.pem", "bad --listen 'ssl:0:privateKey="),
+    ],
+)
+def test_twistd_usage_error(tmp_path: Path, argument: str, message: str) -> None:
+    """twistd ociregistry with a bad option exits non-zero with a one-line error and no traceback."""
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "ociregistry", argument],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if message in line]
+    assert len(errors) == 1, output
+    assert output.strip().splitlines()[-1] == errors[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_end_to_end(twistdRegistry: Callable[..., Any]) -> None:
+    """A real twistd ociregistry answers GET /v2/ and logs its backend and listening address."""
+    server = twistdRegistry("--backend=memory")
+    response = await treq.get(f"{server.url}/v2/", persistent=False).addTimeout(10, reactor)
+    assert response.code == 200
+    assert response.headers.getRawHeaders("Docker-Distribution-API-Version") == ["registry/2.0"]
+    assert json.loads(await treq.content(response)) == {}
+    log = ""
+    for _ in range(100):
+        log = server.logPath.read_text()
+        if "ociklein listening" in log:
+            break
+        await deferLater(reactor, 0.05, lambda: None)
+    assert "ociklein backend: memory" in log
+    assert f"ociklein listening on tcp:{server.port}:interface=127.0.0.1 ({server.address})" in log
+    assert "Traceback" not in log
