@@ -12,9 +12,11 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from klein import Klein
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
 from ociklein import errors
@@ -94,6 +96,43 @@ def _nextLink(path: str, page: Page, extra: dict[str, str] | None = None) -> dic
     return {"Link": f'<{path}?{query}>; rel="next"'}
 
 
+def _utf8(raw: bytes) -> bytes:
+    return raw.decode("utf-8", "replace").encode("utf-8")
+
+
+def _bindable(host: bytes) -> bool:
+    """
+    Whether werkzeug can bind its URL map to C{host} (else: a 500).
+    """
+    try:
+        host.decode("utf-8").lower().partition(":")[0].encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+class _DecodableForKlein(Resource):
+    """
+    Klein answers a bare text/html 400 when the unquoted path is not UTF-8,
+    and a 500 when werkzeug cannot IDNA-encode the Host.  The routes work on
+    the raw path and ignore the Host, so Klein gets decodable copies and
+    L{RegistryRoutes.dispatch} answers as for any other bad name or digest.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: Any) -> Any:
+        request.postpath = [_utf8(segment) for segment in request.postpath]
+        host = request.getHeader(b"host")
+        if host is not None and not _bindable(host):
+            request.requestHeaders.setRawHeaders(b"host", [b"invalid"])
+        return self._inner.render(request)
+
+
 class RegistryRoutes:
     """
     The Klein application serving one L{RegistryCore}.
@@ -119,6 +158,12 @@ class RegistryRoutes:
             ("tags", "GET"): self.tags,
             ("referrers", "GET"): self.referrers,
         }
+
+    def resource(self) -> IResource:
+        """
+        The Klein resource, safe from paths and hosts that are not UTF-8.
+        """
+        return _DecodableForKlein(self.app.resource())
 
     @app.handle_errors(HTTPException)
     def _werkzeugError(self, request: IRequest, failure: Failure) -> bytes:
@@ -149,6 +194,8 @@ class RegistryRoutes:
             raise OCIError(404, "NAME_UNKNOWN", "no such endpoint", {"path": path})
         except OCIError as e:
             return _error(request, e)
+        except CancelledError:
+            raise  # Klein cancels the handler when the client has gone
         except Exception:
             log.failure("unexpected error serving {method} {path}", method=method, path=path)
             return _error(request, OCIError(500, "UNKNOWN", "internal server error", {}))

@@ -54,7 +54,7 @@ class Registry:
         other Site twisted.web buffers them first, which works but costs a
         copy through a temporary file.
         """
-        return self._routes.app.resource()  # type: ignore[no-any-return]
+        return self._routes.resource()
 
     def site(self, reactor: Any = None) -> Site:
         """

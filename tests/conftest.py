@@ -175,7 +175,7 @@ class TwistdRegistry:
             f"tcp:{self.port}:interface=127.0.0.1",
             *self.args,
         ]
-        log = open(self.logPath, "ab")  # noqa: SIM115
+        log = open(self.logPath, "ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 20
