@@ -13,13 +13,15 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet import reactor as _globalReactor
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.http import parse_qs
 from twisted.web.resource import IResource
 
 from ociklein._body import Body, BodyPipe, FileBody
+from ociklein.errors import OCIError
 
 _BODY_METHODS = frozenset({b"PUT", b"PATCH", b"POST"})
 
@@ -104,12 +106,35 @@ def requestBody(request: Any) -> Body:
     return FileBody(request.content)
 
 
+class _Channel(http.HTTPChannel):
+    """
+    An HTTP channel whose answer to a request it cannot parse (bad request
+    line, header or chunk framing) is the spec's JSON error, like every
+    other 4xx of the registry.
+    """
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        body = OCIError(400, "UNSUPPORTED", "malformed HTTP request", {}).body()
+        head = (
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        )
+        self.transport.write(head + body)  # type: ignore[union-attr]
+        # A request already routed at header time must not answer as well.
+        for request in list(self.requests):
+            request.connectionLost(Failure(ConnectionLost("malformed HTTP request")))
+        self.loseConnection()
+
+
+class _Site(server.Site):
+    def protocol(self) -> Any:  # type: ignore[override]
+        return http._GenericHTTPChannelProtocol(_Channel())  # type: ignore[attr-defined]
+
+
 def makeSite(resource: IResource, reactor: Any = None) -> server.Site:
     """
     A L{server.Site} that streams request bodies into the registry.
     """
-    site = server.Site(
-        resource, requestFactory=StreamingRequest, parsePOSTFormSubmission=False, reactor=reactor
-    )
+    site = _Site(resource, requestFactory=StreamingRequest, parsePOSTFormSubmission=False, reactor=reactor)
     site.displayTracebacks = False
     return site

@@ -5,9 +5,12 @@ The API root and errors for routes that do not exist.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
+import pytest
 import pytest_twisted
+from twisted.internet import threads
 
 
 @pytest_twisted.ensureDeferred
@@ -25,3 +28,32 @@ async def test_unknown_route_is_json(client: Any) -> None:
     assert response.code == 404
     assert response.headers.getRawHeaders("Content-Type") == ["application/json"]
     assert json.loads(response.body)["errors"][0]["code"] == "NAME_UNKNOWN"
+
+
+def _exchange(port: int, raw: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(raw)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1 junk\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"PUT /v2/a/blobs/uploads/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_malformed_http_gets_one_json_answer(live: Any, raw: bytes) -> None:
+    """A request twisted.web cannot parse gets a single JSON 400 and the connection closes."""
+    port = int(live.base.rsplit(":", 1)[1])
+    received = await threads.deferToThread(_exchange, port, raw)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"
+    assert received.count(b"HTTP/1.1 ") == 1
