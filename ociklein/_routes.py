@@ -196,6 +196,10 @@ class RegistryRoutes:
             return _error(request, e)
         except CancelledError:
             raise  # Klein cancels the handler when the client has gone
+        except OSError as e:
+            # The store failed (a full disk, an I/O error): say so, keep serving.
+            log.failure("storage error serving {method} {path}", method=method, path=path)
+            return _error(request, errors.storageFull(e.strerror or str(e)))
         except Exception:
             log.failure("unexpected error serving {method} {path}", method=method, path=path)
             return _error(request, OCIError(500, "UNKNOWN", "internal server error", {}))

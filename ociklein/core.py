@@ -202,7 +202,12 @@ class RegistryCore:
         if actual != expected:
             await upload.abort()
             raise errors.digestInvalid(f"content hashes to {algorithm}:{actual}", digest)
-        await upload.commit(digest)
+        try:
+            await upload.commit(digest)
+        except OSError as e:
+            log.failure("upload {uploadId} failed to publish", uploadId=upload.uploadId)
+            await upload.abort()
+            raise errors.storageFull(e.strerror or str(e)) from None
         await self.blobs.link(name, digest)
 
     async def uploadBlob(self, name: str, digest: str, body: Body) -> None:

@@ -115,11 +115,11 @@ async def live(registry: Registry) -> AsyncIterator[LiveClient]:
     """
     The registry served by L{Registry.service} on an ephemeral port.
     """
-    async for live in _serve(registry):
+    async for live in serve(registry):
         yield live
 
 
-async def _serve(registry: Registry) -> AsyncIterator[LiveClient]:
+async def serve(registry: Registry) -> AsyncIterator[LiveClient]:
     service = registry.service(["tcp:0:interface=127.0.0.1"], reactor)
     service.startService()
     ports = await service.listening  # type: ignore[attr-defined]
@@ -135,7 +135,7 @@ async def client(request: pytest.FixtureRequest, registry: Registry) -> AsyncIte
     if request.param == "stub":
         yield StubClient(registry)
         return
-    async for live in _serve(registry):
+    async for live in serve(registry):
         yield live
 
 

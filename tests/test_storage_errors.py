@@ -1,0 +1,108 @@
+"""
+A full disk or an I/O error on the filesystem backend: a clear 507 with the
+spec's JSON body, no partial data left, and the registry keeps serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from conftest import StubClient, makeBackends, serve
+from helpers import OCI_MANIFEST, digestOf, errorCode, imageManifest, pushBlob
+
+import ociklein._fsblobs
+import ociklein._fsmanifests
+from ociklein import Registry
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "root"
+
+
+@pytest_twisted.async_yield_fixture(params=["stub", "live"])
+async def fsClient(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[Any]:
+    manifests, blobs = makeBackends("fs", root)
+    registry = Registry(manifests, blobs)
+    if request.param == "stub":
+        yield StubClient(registry)
+    else:
+        async for live in serve(registry):
+            yield live
+    blobs.close()
+
+
+def _fail(code: int) -> Any:
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return failing
+
+
+def _storedBlobs(root: Path) -> list[Path]:
+    return [p for p in (root / "blobs").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+@pytest_twisted.ensureDeferred
+async def test_failed_write_during_upload(
+    fsClient: Any, root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """A write failing mid-upload answers 507 with JSON, keeps no partial data, and reads go on."""
+    kept = await pushBlob(fsClient, "repo", b"already here")
+    monkeypatch.setattr(ociklein._fsblobs, "writeAll", _fail(code))
+    data = b"x" * 100_000
+    response = await fsClient.request("POST", f"/v2/repo/blobs/uploads/?digest={digestOf(data)}", data=data)
+    assert response.code == 507
+    assert errorCode(response)
+    monkeypatch.undo()
+    assert (await fsClient.request("HEAD", f"/v2/repo/blobs/{digestOf(data)}")).code == 404
+    assert len(_storedBlobs(root)) == 1
+    assert not any(p.is_file() for p in (root / "tmp").rglob("*"))
+    assert not list((root / "uploads").iterdir())
+    response = await fsClient.request("GET", f"/v2/repo/blobs/{kept}")
+    assert response.code == 200 and response.body == b"already here"
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_publish(fsClient: Any, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An I/O error while publishing a verified upload answers 507 and leaves no session or blob."""
+    location = (await fsClient.request("POST", "/v2/repo/blobs/uploads/")).headers.getRawHeaders("Location")[
+        0
+    ]
+    data = b"chunked data" * 1000
+    assert (await fsClient.request("PATCH", location, data=data)).code == 202
+    monkeypatch.setattr(ociklein._fsblobs, "_publish", _fail(errno.EIO))
+    response = await fsClient.request("PUT", f"{location}?digest={digestOf(data)}")
+    assert response.code == 507
+    assert errorCode(response)
+    monkeypatch.undo()
+    assert (await fsClient.request("GET", location)).code == 404
+    assert (await fsClient.request("HEAD", f"/v2/repo/blobs/{digestOf(data)}")).code == 404
+    assert _storedBlobs(root) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_manifest_write(fsClient: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while storing a manifest answers 507 with JSON; the tag does not appear."""
+    await pushBlob(fsClient, "repo", b"{}")
+    manifest = json.dumps(imageManifest(b"{}", [])).encode()
+    monkeypatch.setattr(ociklein._fsmanifests, "atomicWrite", _fail(errno.ENOSPC))
+    response = await fsClient.request(
+        "PUT", "/v2/repo/manifests/v1", data=manifest, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert response.code == 507
+    assert errorCode(response)
+    monkeypatch.undo()
+    assert (await fsClient.request("GET", "/v2/repo/manifests/v1")).code == 404
+    response = await fsClient.request(
+        "PUT", "/v2/repo/manifests/v1", data=manifest, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert response.code == 201
