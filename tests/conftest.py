@@ -5,12 +5,6 @@ a registry on a real port of 127.0.0.1, and a real C{twistd} process.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -20,6 +14,7 @@ import pytest
 import pytest_twisted
 import treq
 from treq.testing import StubTreq
+from twistdprocess import TwistdRegistry
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -139,65 +134,6 @@ async def client(request: pytest.FixtureRequest, registry: Registry) -> AsyncIte
         yield live
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class TwistdRegistry:
-    """
-    A real C{twistd ociregistry} process on 127.0.0.1.
-    """
-
-    def __init__(self, args: list[str], logPath: Path) -> None:
-        self.port = freePort()
-        self.args = args
-        self.logPath = logPath
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    def start(self) -> None:
-        twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
-        command = [
-            twistd,
-            "-n",
-            "--pidfile=",
-            "ociregistry",
-            "--listen",
-            f"tcp:{self.port}:interface=127.0.0.1",
-            *self.args,
-        ]
-        log = open(self.logPath, "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"twistd exited: {self.logPath.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"twistd did not listen: {self.logPath.read_text()}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
-
-
 @pytest.fixture
 def twistdRegistry(tmp_path: Path) -> Iterator[Callable[..., TwistdRegistry]]:
     """
@@ -209,8 +145,7 @@ def twistdRegistry(tmp_path: Path) -> Iterator[Callable[..., TwistdRegistry]]:
     def start(*args: str) -> TwistdRegistry:
         server = TwistdRegistry(list(args), tmp_path / f"twistd-{len(started)}.log")
         started.append(server)
-        server.start()
-        return server
+        return server.start()
 
     yield start
     for server in started:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import TwistdRegistry
+from twistdprocess import TwistdRegistry
 
 MIB = 1024 * 1024
 BLOB_SIZE = 256 * MIB

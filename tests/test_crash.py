@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import TwistdRegistry
+from twistdprocess import TwistdRegistry
 
 MIB = 1024 * 1024
 
