@@ -315,6 +315,21 @@ def _sweepUploads(root: str, now: float, ttl: float) -> list[str]:
     return removed
 
 
+def _openWithSize(path: str, flags: int) -> tuple[int, int] | None:
+    """
+    A descriptor of C{path} and the file's size, or L{None} if it is gone.
+    """
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    try:
+        return fd, os.fstat(fd).st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _linkPath(root: str, repository: str, digest: str) -> str:
     return digestPath(os.path.join(repositoryPath(root, repository), "_links"), digest)
 
@@ -399,16 +414,8 @@ class FilesystemBlobStore:
         return maybeDeferred(self._open, digest)
 
     def _open(self, digest: str) -> IBlobReader | None:
-        try:
-            fd = os.open(blobPath(self._root, checkDigest(digest)), os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-        except BaseException:
-            os.close(fd)
-            raise
-        return _FileReader(fd, size)
+        opened = _openWithSize(blobPath(self._root, checkDigest(digest)), os.O_RDONLY)
+        return None if opened is None else _FileReader(*opened)
 
     def link(self, repository: str, digest: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._link(repository, digest))
@@ -472,15 +479,9 @@ class FilesystemBlobStore:
                 return None
             cached._resync(size)
             return cached
-        try:
-            fd = os.open(data, os.O_RDWR | os.O_APPEND)
-        except FileNotFoundError:
+        opened = _openWithSize(data, os.O_RDWR | os.O_APPEND)
+        if opened is None:
             return None
-        try:
-            size = os.fstat(fd).st_size
-        except BaseException:
-            os.close(fd)
-            raise
-        upload = _FileUpload(self, uploadId, repository, fd, size, None)
+        upload = _FileUpload(self, uploadId, repository, *opened, None)
         self._uploads[uploadId] = upload
         return upload
