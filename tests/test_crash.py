@@ -190,3 +190,31 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(
     tags = set(json.loads(body)["tags"])
     assert set(acknowledged) <= tags
     assert not (deleted & tags)
+
+
+def test_chunked_upload_resumes_after_kill_9(
+    twistdRegistry: Callable[..., TwistdRegistry], tmp_path: Path
+) -> None:
+    """A chunked upload whose PATCHes were acknowledged resumes after SIGKILL and a restart,
+    and completes into the right blob."""
+    root = tmp_path / "root"
+    server = twistdRegistry("--backend=fs", f"--root={root}")
+    first, second = os.urandom(3 * MIB), os.urandom(MIB + 17)
+    status, headers, _ = _request(server, "POST", "/v2/resumed/blobs/uploads/")
+    assert status == 202
+    location = headers["Location"]
+    status, headers, _ = _request(server, "PATCH", location, first, {"Content-Range": f"0-{len(first) - 1}"})
+    assert status == 202 and headers["Range"] == f"0-{len(first) - 1}"
+    server.kill()
+
+    again = twistdRegistry("--backend=fs", f"--root={root}")
+    status, headers, _ = _request(again, "GET", location)
+    assert status == 204 and headers["Range"] == f"0-{len(first) - 1}"
+    end = len(first) + len(second) - 1
+    status, _, _ = _request(again, "PATCH", location, second, {"Content-Range": f"{len(first)}-{end}"})
+    assert status == 202
+    digest = _digest(first + second)
+    status, _, body = _request(again, "PUT", f"{location}?digest={digest}")
+    assert status == 201, body
+    status, _, body = _request(again, "GET", f"/v2/resumed/blobs/{digest}")
+    assert status == 200 and body == first + second
