@@ -56,22 +56,27 @@ class Registry:
         """
         return self._routes.resource()
 
-    def site(self, reactor: Any = None) -> Site:
+    def site(self, reactor: Any = None, accessLog: bool = True) -> Site:
         """
-        A L{Site} serving the registry with streaming request bodies.
+        A L{Site} serving the registry with streaming request bodies; one
+        access log line per request unless C{accessLog} is false.
         """
-        return makeSite(self.resource(), reactor=reactor)
+        return makeSite(self.resource(), reactor=reactor, accessLog=accessLog)
 
-    def service(self, listen: list[str], reactor: Any = None, onStop: Any = None) -> IService:
+    def service(
+        self, listen: list[str], reactor: Any = None, onStop: Any = None, accessLog: bool = True
+    ) -> IService:
         """
         An L{IService} listening on each Twisted server endpoint string.
         """
-        return _ListeningService(self, listen, reactor, onStop)
+        return _ListeningService(self, listen, reactor, onStop, accessLog)
 
 
 @implementer(IService)
 class _ListeningService(Service):
-    def __init__(self, registry: Registry, listen: list[str], reactor: Any, onStop: Any) -> None:
+    def __init__(
+        self, registry: Registry, listen: list[str], reactor: Any, onStop: Any, accessLog: bool = True
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
@@ -80,12 +85,13 @@ class _ListeningService(Service):
         self._descriptions = listen
         self._reactor = reactor
         self._onStop = onStop
+        self._accessLog = accessLog
         self.ports: list[IListeningPort] = []
         self.listening: Deferred[list[IListeningPort]] = Deferred()
 
     def startService(self) -> None:
         super().startService()
-        site = self._registry.site(self._reactor)
+        site = self._registry.site(self._reactor, accessLog=self._accessLog)
         waiting = []
         for description in self._descriptions:
             endpoint = serverFromString(self._reactor, description)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet import threads
 
 
@@ -57,3 +58,32 @@ async def test_malformed_http_gets_one_json_answer(live: Any, raw: bytes) -> Non
     assert b"Content-Type: application/json" in head
     assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"
     assert received.count(b"HTTP/1.1 ") == 1
+
+
+@pytest.mark.parametrize("accessLog", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_access_log_can_be_switched_off(accessLog: bool) -> None:
+    """The registry's Site writes one access log line per request, or none when asked not to."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from ociklein import Registry
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        if "GET /v2/ HTTP/1.1" in text:
+            lines.append(text)
+
+    registry = Registry()
+    service = registry.service(["tcp:0:interface=127.0.0.1"], accessLog=accessLog)
+    service.startService()
+    globalLogPublisher.addObserver(observe)
+    try:
+        [port] = await service.listening  # type: ignore[attr-defined]
+        response = await treq.get(f"http://127.0.0.1:{port.getHost().port}/v2/", persistent=False)
+        await treq.content(response)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await service.stopService()
+    assert len(lines) == (1 if accessLog else 0)

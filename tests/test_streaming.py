@@ -232,3 +232,39 @@ def test_sender_stops_when_the_client_goes() -> None:
     assert done.called
     assert reader.closed
     assert reader.read_bytes == READ_SIZE
+
+
+def test_pipe_batches_chunks_for_a_slow_store() -> None:
+    """Chunks that queue while a slow store writes are joined into writes of up to 1 MiB."""
+    clock = Clock()
+    pipe = BodyPipe(None, clock)
+    sizes: list[int] = []
+    pending: list[Deferred[None]] = []
+
+    def slowWrite(chunk: bytes) -> Deferred[None]:
+        sizes.append(len(chunk))
+        pending.append(Deferred())
+        return pending[-1]
+
+    done = pipe.deliverTo(slowWrite)
+    for _ in range(40):
+        pipe.dataReceived(b"y" * 65536)
+    pipe.finish()
+    while pending:
+        pending.pop(0).callback(None)
+    clock.advance(0)
+    assert sizes[0] == 65536
+    assert max(sizes) == 1024 * 1024
+    assert sum(sizes) == 40 * 65536
+    assert done.result == 40 * 65536
+
+
+def test_pipe_keeps_chunks_for_a_synchronous_store() -> None:
+    """A store that writes synchronously gets each chunk as it arrived."""
+    clock = Clock()
+    pipe = BodyPipe(None, clock)
+    sizes: list[int] = []
+    pipe.deliverTo(lambda chunk: sizes.append(len(chunk)))  # type: ignore[arg-type, func-returns-value]
+    for size in (10, 20, 30):
+        pipe.dataReceived(b"z" * size)
+    assert sizes == [10, 20, 30]

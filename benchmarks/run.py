@@ -1,0 +1,993 @@
+#!/usr/bin/env python
+"""
+One command that benchmarks ociklein (memory and fs backends) against CNCF
+Distribution with the same clients, and prints one table.
+
+    python benchmarks/run.py            # the full run (512 MiB blobs, 10 s wrk)
+    python benchmarks/run.py --quick    # smaller sizes, under two minutes
+
+Every server is a subprocess on a free 127.0.0.1 port, run one at a time, and
+killed on the way out whatever happens.  See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+MB = 1_000_000
+MiB = 1024 * 1024
+HOST = "127.0.0.1"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+SERVERS = ("memory", "fs", "distribution")
+
+# Every loop and wait below is bounded by one of these.
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+TRANSFER_TIMEOUT = 900.0
+MAX_PAGES = 100_000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """
+    How big each test is; the full and the quick run differ only here.
+    """
+
+    blob: int
+    chunk: int
+    wrkSeconds: int
+    wrkConnections: int
+    putSeconds: float
+    putClients: int
+    latencyClients: int
+    probeRate: float
+    idleSeconds: float
+    tags: int
+    repositories: int
+    pageSize: int
+    walks: int
+
+
+FULL = Sizes(
+    blob=512 * MiB,
+    chunk=16 * MiB,
+    wrkSeconds=10,
+    wrkConnections=32,
+    putSeconds=5.0,
+    putClients=8,
+    latencyClients=4,
+    probeRate=50.0,
+    idleSeconds=3.0,
+    tags=2000,
+    repositories=1000,
+    pageSize=100,
+    walks=5,
+)
+QUICK = Sizes(
+    blob=64 * MiB,
+    chunk=16 * MiB,
+    wrkSeconds=2,
+    wrkConnections=32,
+    putSeconds=2.0,
+    putClients=8,
+    latencyClients=4,
+    probeRate=50.0,
+    idleSeconds=1.0,
+    tags=200,
+    repositories=100,
+    pageSize=50,
+    walks=3,
+)
+
+
+class BenchError(Exception):
+    """
+    A figure could not be measured (a server answered wrongly, or timed out).
+    """
+
+
+# -- test data --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blob:
+    path: Path
+    size: int
+    digest: str
+
+    def read(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def makeBlob(path: Path, size: int) -> Blob:
+    """
+    A file of C{size} random bytes, hashed once as it is written.
+    """
+    hashed = hashlib.sha256()
+    with path.open("wb") as f:
+        left = size
+        while left > 0:
+            piece = os.urandom(min(16 * MiB, left))
+            hashed.update(piece)
+            f.write(piece)
+            left -= len(piece)
+    return Blob(path, size, f"sha256:{hashed.hexdigest()}")
+
+
+def smallBlob(path: Path, content: bytes) -> Blob:
+    path.write_bytes(content)
+    return Blob(path, len(content), f"sha256:{hashlib.sha256(content).hexdigest()}")
+
+
+def manifestBytes(config: Blob, layers: list[Blob], annotations: dict[str, str] | None = None) -> bytes:
+    document: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config.digest, "size": config.size},
+        "layers": [{"mediaType": OCI_LAYER, "digest": b.digest, "size": b.size} for b in layers],
+    }
+    if annotations:
+        document["annotations"] = annotations
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+@dataclass
+class Data:
+    """
+    Everything pushed to every server, generated once.
+    """
+
+    pushMono: Blob
+    pushChunked: Blob
+    background: Blob
+    config: Blob
+    layer: Blob
+    manifest: bytes
+
+
+# -- processes --------------------------------------------------------------
+
+
+class Processes:
+    """
+    Every subprocess this run starts, so that all of them die with it.
+    """
+
+    def __init__(self) -> None:
+        self._live: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+
+    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            process = subprocess.Popen(argv, **kwargs)
+            self._live.append(process)
+            return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        """
+        SIGTERM, then SIGKILL if it lingers; always reaped.
+        """
+        if process.poll() is None:
+            try:
+                process.terminate()
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT)
+        with self._lock:
+            if process in self._live:
+                self._live.remove(process)
+
+    def stopAll(self) -> None:
+        for process in list(self._live):
+            try:
+                self.stop(process)
+            except Exception as e:  # keep going: every other one must die too
+                print(f"could not stop pid {process.pid}: {e}", file=sys.stderr)
+
+
+PROCESSES = Processes()
+
+
+def freePort() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def twistdScript() -> str:
+    candidate = os.path.join(sysconfig.get_path("scripts"), "twistd")
+    if os.path.exists(candidate):
+        return candidate
+    found = shutil.which("twistd")
+    if found is None:
+        raise BenchError("twistd is not installed")
+    return found
+
+
+@dataclass
+class Server:
+    """
+    One registry under test, listening on C{port}.
+    """
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def connection(self, timeout: float = 60.0) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def status(self, key: str) -> int | None:
+        """
+        A kB figure of /proc/PID/status (VmRSS, VmHWM), in bytes.
+        """
+        try:
+            text = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+        return None if match is None else int(match.group(1)) * 1024
+
+    def logTail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def startServer(kind: str, workdir: Path) -> Server:
+    port = freePort()
+    log = workdir / f"{kind}.log"
+    if kind == "distribution":
+        root = workdir / "distribution-root"
+        root.mkdir()
+        config = workdir / "distribution.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n"
+            "  level: warn\n"
+            "  formatter: text\n"
+            "storage:\n"
+            "  filesystem:\n"
+            f"    rootdirectory: {root}\n"
+            "  cache:\n"
+            "    blobdescriptor: inmemory\n"
+            "http:\n"
+            f"  addr: {HOST}:{port}\n"
+            "  secret: ociklein-benchmark\n"
+        )
+        argv = [shutil.which("docker-registry") or "/usr/bin/docker-registry", "serve", str(config)]
+    else:
+        argv = [
+            sys.executable,
+            twistdScript(),
+            "-n",
+            "--pidfile=",
+            "ociregistry",
+            "--listen",
+            f"tcp:{port}:interface={HOST}",
+        ]
+        if kind == "fs":
+            argv += ["--backend=fs", "--root", str(workdir / "fs-root")]
+    with log.open("wb") as out:
+        # A session of its own: Ctrl-C reaches only this script, whose
+        # finally clause then stops the server.
+        process = PROCESSES.start(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    server = Server(kind, process, port, log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"{kind} exited with {process.returncode}:\n{server.logTail()}")
+        try:
+            conn = server.connection(timeout=2.0)
+            conn.request("GET", "/v2/")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return server
+        except OSError:
+            pass
+        time.sleep(0.1)
+    PROCESSES.stop(process)
+    raise BenchError(f"{kind} did not answer within {START_TIMEOUT} s:\n{server.logTail()}")
+
+
+# -- HTTP helpers -------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+def call(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    return Reply(response.status, response.headers, response.read())
+
+
+def expect(reply: Reply, status: int, what: str) -> Reply:
+    if reply.status != status:
+        raise BenchError(f"{what}: HTTP {reply.status}, expected {status}: {reply.body[:300]!r}")
+    return reply
+
+
+def relative(location: str) -> str:
+    """
+    The path and query of a Location, which Distribution makes absolute.
+    """
+    parts = urlsplit(location)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def withQuery(path: str, query: str) -> str:
+    return f"{path}{'&' if '?' in path else '?'}{query}"
+
+
+def startUpload(conn: http.client.HTTPConnection, repository: str) -> str:
+    reply = expect(call(conn, "POST", f"/v2/{repository}/blobs/uploads/"), 202, "start upload")
+    location = reply.headers.get("Location")
+    if not location:
+        raise BenchError("start upload: no Location")
+    return relative(location)
+
+
+def pushSmall(conn: http.client.HTTPConnection, repository: str, blob: Blob) -> None:
+    location = startUpload(conn, repository)
+    body = blob.read()
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(body))}
+    reply = call(conn, "PUT", withQuery(location, f"digest={blob.digest}"), body, headers)
+    expect(reply, 201, f"push {blob.digest[:19]}")
+
+
+def mount(conn: http.client.HTTPConnection, repository: str, source: str, blob: Blob) -> None:
+    path = f"/v2/{repository}/blobs/uploads/?mount={blob.digest}&from={source}"
+    expect(call(conn, "POST", path, b""), 201, f"mount into {repository}")
+
+
+def putManifest(conn: http.client.HTTPConnection, repository: str, reference: str, body: bytes) -> None:
+    headers = {"Content-Type": OCI_MANIFEST, "Content-Length": str(len(body))}
+    reply = call(conn, "PUT", f"/v2/{repository}/manifests/{reference}", body, headers)
+    expect(reply, 201, f"put manifest {repository}:{reference}")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+# -- the figures ------------------------------------------------------------
+
+
+def curl(*args: str) -> list[str]:
+    return ["curl", "-sS", "--fail-with-body", "-H", "Expect:", *args]
+
+
+def run(argv: list[str], timeout: float) -> str:
+    process = PROCESSES.start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        PROCESSES.stop(process)
+        raise BenchError(f"{argv[0]} timed out after {timeout} s") from None
+    PROCESSES.stop(process)
+    if process.returncode != 0:
+        raise BenchError(f"{argv[0]} failed ({process.returncode}): {err.decode(errors='replace')[:500]}")
+    return out.decode()
+
+
+def curlPut(server: Server, location: str, blob: Blob) -> list[str]:
+    return curl(
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-T",
+        str(blob.path),
+        server.url(withQuery(location, f"digest={blob.digest}")),
+    )
+
+
+def pushMonolithic(server: Server, repository: str, blob: Blob) -> float:
+    """
+    POST, then one PUT carrying the whole blob (curl streams it from disk).
+    MB/s over both requests.
+    """
+    started = time.perf_counter()
+    conn = server.connection()
+    location = startUpload(conn, repository)
+    conn.close()
+    code = run(curlPut(server, location, blob), TRANSFER_TIMEOUT)
+    elapsed = time.perf_counter() - started
+    if code.strip() != "201":
+        raise BenchError(f"monolithic push: HTTP {code}")
+    return blob.size / elapsed / MB
+
+
+def pushChunked(server: Server, repository: str, blob: Blob, chunk: int) -> float:
+    """
+    POST, one PATCH per C{chunk} bytes (each read from disk as it goes), then
+    an empty PUT with the digest; one keep-alive connection.  MB/s.
+    """
+    started = time.perf_counter()
+    conn = server.connection(timeout=TRANSFER_TIMEOUT)
+    location = startUpload(conn, repository)
+    fd = os.open(blob.path, os.O_RDONLY)
+    try:
+        for offset in range(0, blob.size, chunk):
+            data = os.pread(fd, chunk, offset)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(len(data)),
+                "Content-Range": f"{offset}-{offset + len(data) - 1}",
+            }
+            reply = expect(call(conn, "PATCH", location, data, headers), 202, f"PATCH at {offset}")
+            location = relative(reply.headers.get("Location") or location)
+    finally:
+        os.close(fd)
+    reply = call(conn, "PUT", withQuery(location, f"digest={blob.digest}"), b"", {"Content-Length": "0"})
+    expect(reply, 201, "chunked push: final PUT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return blob.size / elapsed / MB
+
+
+def curlGet(server: Server, repository: str, blob: Blob) -> list[str]:
+    url = server.url(f"/v2/{repository}/blobs/{blob.digest}")
+    return curl("-o", "/dev/null", "-w", "%{http_code} %{size_download}", url)
+
+
+def checkDownload(output: str, blob: Blob) -> None:
+    if output.split() != ["200", str(blob.size)]:
+        raise BenchError(f"pull: got {output!r}, expected 200 and {blob.size} bytes")
+
+
+def pull(server: Server, repository: str, blob: Blob, clients: int) -> float:
+    """
+    C{clients} curls fetching the whole blob at once; aggregate MB/s.
+    """
+    started = time.perf_counter()
+    processes = [
+        PROCESSES.start(curlGet(server, repository, blob), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(clients)
+    ]
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=TRANSFER_TIMEOUT)
+            if process.returncode != 0:
+                raise BenchError(f"pull: curl failed: {err.decode(errors='replace')[:300]}")
+            checkDownload(out.decode(), blob)
+    finally:
+        for process in processes:
+            PROCESSES.stop(process)
+    return clients * blob.size / (time.perf_counter() - started) / MB
+
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(server: Server, path: str, sizes: Sizes) -> tuple[float, float]:
+    """
+    req/s and p99 latency (ms) of GET C{path}, from wrk --latency.
+    """
+    argv = ["wrk", "-t2", f"-c{sizes.wrkConnections}", f"-d{sizes.wrkSeconds}s", "--latency"]
+    output = run([*argv, "-H", f"Accept: {OCI_MANIFEST}", server.url(path)], sizes.wrkSeconds + 60)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    if bad or (errors and re.search(r"[1-9]", errors.group(1))):
+        raise BenchError(f"wrk: errors:\n{output}")
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    if rate is None or p99 is None:
+        raise BenchError(f"wrk: cannot parse:\n{output}")
+    return float(rate.group(1)), float(p99.group(1)) * _WRK_UNITS[p99.group(2)]
+
+
+def buildHeadload(workdir: Path) -> Path | None:
+    """
+    Compile benchmarks/headload.c, wrk's stand-in for HEAD (wrk waits
+    forever for the body a HEAD response announces); L{None} without gcc.
+    """
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    binary = workdir / "headload"
+    source = Path(__file__).with_name("headload.c")
+    run([compiler, "-O2", "-Wall", "-o", str(binary), str(source)], 120)
+    return binary
+
+
+def headload(server: Server, path: str, sizes: Sizes, binary: Path | None) -> tuple[float, float]:
+    """
+    req/s and p99 latency (ms) of HEAD C{path}, wrk-style: same connection
+    count and duration, one thread.
+    """
+    if binary is None:
+        raise BenchError("no C compiler for benchmarks/headload.c")
+    argv = [str(binary), HOST, str(server.port), path, str(sizes.wrkConnections), str(sizes.wrkSeconds)]
+    output = run([*argv, OCI_MANIFEST], sizes.wrkSeconds + 60)
+    fields = dict(part.split("=", 1) for part in output.split())
+    if fields.get("errors") != "0":
+        raise BenchError(f"headload: errors: {output}")
+    return float(fields["rps"]), float(fields["p99_ms"])
+
+
+def inThreads(clients: int, work: Callable[[int], None], timeout: float) -> None:
+    """
+    Run C{work(i)} in C{clients} threads; re-raise the first failure.
+    """
+    failures: list[BaseException] = []
+
+    def guarded(index: int) -> None:
+        try:
+            work(index)
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in threads):
+        raise BenchError(f"load generator still running after {timeout} s")
+    if failures:
+        raise failures[0]
+
+
+def manifestPuts(server: Server, data: Data, sizes: Sizes) -> float:
+    """
+    ops/s of C{putClients} keep-alive clients each PUTting new manifests
+    (distinct content, distinct tags) as fast as they are answered.
+    """
+    repository = "bench/put"
+    conn = server.connection()
+    pushSmall(conn, repository, data.config)
+    pushSmall(conn, repository, data.layer)
+    conn.close()
+    counts = [0] * sizes.putClients
+    started = time.perf_counter()
+    deadline = time.monotonic() + sizes.putSeconds
+
+    def client(index: int) -> None:
+        conn = server.connection()
+        while time.monotonic() < deadline:
+            tag = f"c{index}-{counts[index]}"
+            body = manifestBytes(data.config, [data.layer], {"bench.tag": tag})
+            putManifest(conn, repository, tag, body)
+            counts[index] += 1
+        conn.close()
+
+    inThreads(sizes.putClients, client, sizes.putSeconds + 60)
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def populate(server: Server, data: Data, sizes: Sizes) -> None:
+    """
+    C{tags} tags in bench/tags and C{repositories} more repositories, by
+    eight clients.
+    """
+    jobs: list[tuple[str, str]] = [("bench/tags", f"t{i:05d}") for i in range(sizes.tags)]
+    jobs += [(f"bench/catalog/r{i:05d}", "latest") for i in range(sizes.repositories)]
+    empty = manifestBytes(data.config, [])
+    conn = server.connection()
+    pushSmall(conn, "bench/tags", data.config)
+    conn.close()
+    lock = threading.Lock()
+
+    def client(_: int) -> None:
+        conn = server.connection()
+        while True:
+            with lock:
+                if not jobs:
+                    break
+                repository, tag = jobs.pop()
+            if repository != "bench/tags":
+                mount(conn, repository, "bench/tags", data.config)
+            putManifest(conn, repository, tag, empty)
+        conn.close()
+
+    inThreads(8, client, 600.0)
+
+
+_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+
+def walk(server: Server, path: str, key: str) -> tuple[float, int, int]:
+    """
+    Follow C{Link: rel="next"} from C{path} to the end; seconds, items,
+    pages.
+    """
+    conn = server.connection()
+    items = pages = 0
+    started = time.perf_counter()
+    next_: str | None = path
+    while next_ is not None and pages < MAX_PAGES:
+        reply = expect(call(conn, "GET", next_), 200, f"GET {next_}")
+        items += len(json.loads(reply.body)[key] or [])
+        pages += 1
+        link = _LINK.search(reply.headers.get("Link") or "")
+        next_ = relative(link.group(1)) if link else None
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed, items, pages
+
+
+def medianWalk(server: Server, path: str, key: str, walks: int) -> tuple[float, int, int]:
+    results = sorted(walk(server, path, key) for _ in range(walks))
+    return results[len(results) // 2]
+
+
+class LatencyProbe:
+    """
+    Keep-alive clients GETting one manifest, each C{rate} times a second,
+    until told to stop, recording each request's latency (ms).
+    """
+
+    def __init__(self, server: Server, path: str, clients: int, rate: float) -> None:
+        self._server = server
+        self._path = path
+        self._clients = clients
+        self._rate = rate
+        self._stop = threading.Event()
+        self.latencies: list[float] = []
+
+    def _client(self, _: int) -> None:
+        conn = self._server.connection()
+        mine: list[float] = []
+        interval = 1.0 / self._rate
+        due = time.perf_counter()
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            expect(call(conn, "GET", self._path, headers={"Accept": OCI_MANIFEST}), 200, "manifest GET")
+            mine.append((time.perf_counter() - started) * 1000)
+            # Paced, not flat out: the probe must not itself load the server.
+            due = max(due + interval, time.perf_counter())
+            self._stop.wait(max(0.0, due - time.perf_counter()))
+        conn.close()
+        self.latencies.extend(mine)
+
+    @contextmanager
+    def running(self, timeout: float) -> Iterator[None]:
+        failures: list[BaseException] = []
+
+        def guarded(index: int) -> None:
+            try:
+                self._client(index)
+            except BaseException as e:
+                failures.append(e)
+                self._stop.set()
+
+        threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(self._clients)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(timeout)
+        if failures:
+            raise failures[0]
+        if not self.latencies:
+            raise BenchError("latency probe made no request")
+
+
+def idleLatency(server: Server, path: str, sizes: Sizes) -> float:
+    probe = LatencyProbe(server, path, sizes.latencyClients, sizes.probeRate)
+    with probe.running(30.0):
+        time.sleep(sizes.idleSeconds)
+    return percentile(probe.latencies, 0.99)
+
+
+def latencyUnderTransfer(server: Server, path: str, data: Data, sizes: Sizes) -> tuple[float, float]:
+    """
+    p99 (ms) of manifest GETs while one client pushes a blob and another
+    pulls one, both as fast as they can; and the transfer's MB/s.
+    """
+    conn = server.connection()
+    location = startUpload(conn, "bench/background")
+    conn.close()
+    probe = LatencyProbe(server, path, sizes.latencyClients, sizes.probeRate)
+    with probe.running(30.0):
+        started = time.perf_counter()
+        upload = PROCESSES.start(
+            curlPut(server, location, data.background), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        download = PROCESSES.start(
+            curlGet(server, "bench/blobs", data.pushMono), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            upOut, upErr = upload.communicate(timeout=TRANSFER_TIMEOUT)
+            downOut, _ = download.communicate(timeout=TRANSFER_TIMEOUT)
+        finally:
+            PROCESSES.stop(upload)
+            PROCESSES.stop(download)
+        elapsed = time.perf_counter() - started
+    if upload.returncode != 0 or upOut.decode().strip() != "201":
+        raise BenchError(f"background push failed: {upOut!r} {upErr.decode(errors='replace')[:300]}")
+    checkDownload(downOut.decode(), data.pushMono)
+    moved = data.background.size + data.pushMono.size
+    return percentile(probe.latencies, 0.99), moved / elapsed / MB
+
+
+# -- one server, every figure ---------------------------------------------------
+
+FIGURES: list[tuple[str, str, bool]] = [
+    # key, label, higher is better
+    ("push_mono", "blob push, monolithic PUT (MB/s)", True),
+    ("push_chunked", "blob push, PATCH chunks (MB/s)", True),
+    ("pull_1", "blob pull, 1 client (MB/s)", True),
+    ("pull_4", "blob pull, 4 clients (MB/s, total)", True),
+    ("get_rps", "manifest GET (req/s)", True),
+    ("get_p99", "manifest GET p99 (ms)", False),
+    ("head_rps", "manifest HEAD (req/s)", True),
+    ("head_p99", "manifest HEAD p99 (ms)", False),
+    ("put_ops", "manifest PUT, 8 clients (ops/s)", True),
+    ("tags_walk", "tags list walk (ms)", False),
+    ("catalog_walk", "catalog walk (ms)", False),
+    ("idle_p99", "manifest GET p99 at 200 req/s, idle (ms)", False),
+    ("busy_p99", "manifest GET p99 at 200 req/s, during push+pull (ms)", False),
+    ("busy_mbps", "that push+pull, total (MB/s)", True),
+    ("rss_start", "RSS at start (MB)", False),
+    ("rss_peak", "peak RSS, blob runs (MB)", False),
+]
+
+
+def measure(
+    server: Server, data: Data, sizes: Sizes, headloadBinary: Path | None, only: set[str] | None
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"_load": [os.getloadavg()[0]]}
+    notes: list[str] = []
+
+    def figure(key: str, compute: Callable[[], Any]) -> Any:
+        print(f"  {server.name}: {key} ...", end="", flush=True, file=sys.stderr)
+        started = time.perf_counter()
+        try:
+            value = compute()
+        except BenchError as e:
+            print(f" FAILED: {e}", file=sys.stderr)
+            notes.append(f"{key}: {e}")
+            return None
+        print(f" {value} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+        return value
+
+    def record(keys: tuple[str, ...], compute: Callable[[], Any]) -> None:
+        if only is not None and not set(keys) & only:
+            return
+        value = figure("+".join(keys), compute)
+        values = value if isinstance(value, tuple) else (value,)
+        for key, v in zip(keys, values, strict=False):
+            results[key] = v
+
+    results["rss_start"] = (server.status("VmRSS") or 0) / MB
+    manifestPath = "/v2/bench/app/manifests/latest"
+    conn = server.connection()
+    pushSmall(conn, "bench/app", data.config)
+    pushSmall(conn, "bench/app", data.layer)
+    putManifest(conn, "bench/app", "latest", data.manifest)
+    conn.close()
+
+    record(("push_mono",), lambda: pushMonolithic(server, "bench/blobs", data.pushMono))
+    record(("push_chunked",), lambda: pushChunked(server, "bench/blobs", data.pushChunked, sizes.chunk))
+    needsBlob = only is None or bool({"pull_1", "pull_4", "busy_p99", "busy_mbps"} & only)
+    if results.get("push_mono") is None and needsBlob:
+        # The pulls need this blob even when its push was not measured.
+        figure("push_untimed", lambda: pushMonolithic(server, "bench/blobs", data.pushMono))
+    record(("pull_1",), lambda: pull(server, "bench/blobs", data.pushMono, 1))
+    record(("pull_4",), lambda: pull(server, "bench/blobs", data.pushMono, 4))
+    record(("idle_p99",), lambda: idleLatency(server, manifestPath, sizes))
+    record(("busy_p99", "busy_mbps"), lambda: latencyUnderTransfer(server, manifestPath, data, sizes))
+    results["rss_peak"] = (server.status("VmHWM") or 0) / MB
+    results["_load"].append(os.getloadavg()[0])
+
+    record(("get_rps", "get_p99"), lambda: wrk(server, manifestPath, sizes))
+    record(("head_rps", "head_p99"), lambda: headload(server, manifestPath, sizes, headloadBinary))
+    record(("put_ops",), lambda: manifestPuts(server, data, sizes))
+    if only is None or {"tags_walk", "catalog_walk"} & only:
+        figure("populate", lambda: populate(server, data, sizes))
+        record(
+            ("tags_walk", "tags_items", "tags_pages"),
+            lambda: walkFigure(server, "/v2/bench/tags/tags/list", "tags", sizes),
+        )
+        record(
+            ("catalog_walk", "catalog_items", "catalog_pages"),
+            lambda: walkFigure(server, "/v2/_catalog", "repositories", sizes),
+        )
+    results["_load"].append(os.getloadavg()[0])
+    results["_notes"] = notes
+    return results
+
+
+def walkFigure(server: Server, path: str, key: str, sizes: Sizes) -> tuple[float, int, int]:
+    elapsed, items, pages = medianWalk(server, withQuery(path, f"n={sizes.pageSize}"), key, sizes.walks)
+    if key == "tags" and items != sizes.tags:
+        raise BenchError(f"tags walk found {items} tags, expected {sizes.tags}")
+    if key == "repositories" and items < sizes.repositories:
+        raise BenchError(f"catalog walk found {items} repositories, expected {sizes.repositories}+")
+    return elapsed * 1000, items, pages
+
+
+# -- the table --------------------------------------------------------------
+
+
+def formatValue(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, tuple):
+        value = value[0]
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    columns = ["memory", "fs", "distribution"]
+    header = ["figure", *[f"ociklein-{c}" if c != "distribution" else c for c in columns], "fs/distribution"]
+    rows = [header, ["---"] * len(header)]
+    for key, label, higherBetter in FIGURES:
+        values = [results.get(c, {}).get(key) for c in columns]
+        if all(v is None for v in values):
+            continue
+        fs, dist = values[1], values[2]
+        fsValue = fs[0] if isinstance(fs, tuple) else fs
+        distValue = dist[0] if isinstance(dist, tuple) else dist
+        ratio = "—"
+        if fsValue is not None and distValue:
+            ratio = f"{fsValue / distValue:.2f}x" + (" ↑" if higherBetter else " ↓")
+        rows.append([label, *[formatValue(v) for v in values], ratio])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)]
+        if row[0] == "---":
+            cells = ["-" * widths[0], *[("-" * (widths[i] - 1)) + ":" for i in range(1, len(header))]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pagingNote(results: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for name, figures in results.items():
+        for what in ("tags", "catalog"):
+            if figures.get(f"{what}_items") is not None:
+                parts.append(f"{name} {what} {figures[f'{what}_items']} in {figures[f'{what}_pages']} pages")
+    return "; ".join(parts)
+
+
+# -- main -------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes; under two minutes")
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)}"
+    )
+    parser.add_argument("--only", default=None, help="comma-separated figure keys to measure")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    servers = [s for s in args.servers.split(",") if s]
+    if unknown := set(servers) - set(SERVERS):
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    only = set(args.only.split(",")) if args.only else None
+
+    # SIGTERM, and SIGINT even when started ignoring it (a background job),
+    # take the same way out as Ctrl-C: through the finally below.
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+    workdir = Path(tempfile.mkdtemp(prefix="ociklein-bench-"))
+    results: dict[str, dict[str, Any]] = {}
+    started = time.time()
+    try:
+        print(f"generating test blobs in {workdir} ...", file=sys.stderr)
+        layer = smallBlob(workdir / "layer", os.urandom(4096))
+        config = smallBlob(workdir / "config", json.dumps({"architecture": "amd64", "os": "linux"}).encode())
+        data = Data(
+            pushMono=makeBlob(workdir / "blob-mono", sizes.blob),
+            pushChunked=makeBlob(workdir / "blob-chunked", sizes.blob),
+            background=makeBlob(workdir / "blob-background", sizes.blob),
+            config=config,
+            layer=layer,
+            manifest=manifestBytes(config, [layer]),
+        )
+        headloadBinary = buildHeadload(workdir)
+        for kind in servers:
+            print(f"starting {kind} ...", file=sys.stderr)
+            server = None
+            try:
+                server = startServer(kind, workdir)
+                results[kind] = measure(server, data, sizes, headloadBinary, only)
+            except BenchError as e:
+                print(f"  {kind}: {e}", file=sys.stderr)
+                results[kind] = {"_load": [], "_notes": [str(e)]}
+            finally:
+                if server is not None:
+                    PROCESSES.stop(server.process)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        PROCESSES.stopAll()
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print(
+        f"ociklein benchmark, {'quick' if args.quick else 'full'} run, "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, {os.cpu_count()} CPUs; "
+        f"blobs {sizes.blob // MiB} MiB, PATCH chunks {sizes.chunk // MiB} MiB, "
+        f"wrk {sizes.wrkSeconds} s x {sizes.wrkConnections} connections, "
+        f"{sizes.tags} tags / {sizes.repositories} repositories in pages of {sizes.pageSize}"
+    )
+    print()
+    print(table(results))
+    print()
+    loads = ", ".join(f"{k} {'/'.join(f'{x:.1f}' for x in v['_load'])}" for k, v in results.items())
+    print(f"load average (1 min) at start/middle/end of each server's run: {loads}")
+    if note := pagingNote(results):
+        print(f"paging: {note}")
+    for name, figures in results.items():
+        for note in figures.get("_notes", []):
+            print(f"FAILED {name} {note}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 1 if any(figures.get("_notes") for figures in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
