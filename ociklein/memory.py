@@ -10,6 +10,7 @@ import secrets
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, IUpload
@@ -17,7 +18,7 @@ from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, IUplo
 
 @implementer(IBlobReader)
 class _MemoryReader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self._data = memoryview(data)
         self.size = len(data)
 
@@ -49,10 +50,13 @@ class _MemoryUpload:
     def digest(self, algorithm: str) -> Deferred[str]:
         if algorithm == "sha256":
             return succeed(self._sha256.hexdigest())
-        return succeed(hashlib.new(algorithm, self._chunks).hexdigest())
+        # Hashing the whole blob again: off the reactor thread.
+        data = self._chunks
+        return deferToThread(lambda: hashlib.new(algorithm, data).hexdigest())
 
     def commit(self, digest: str) -> Deferred[None]:
-        self._store._blobs.setdefault(digest, bytes(self._chunks))
+        # The session's buffer becomes the blob: no copy of it on the reactor.
+        self._store._blobs.setdefault(digest, self._chunks)
         return self.abort()
 
     def abort(self) -> Deferred[None]:
@@ -68,7 +72,7 @@ class MemoryBlobStore:
     """
 
     def __init__(self) -> None:
-        self._blobs: dict[str, bytes] = {}
+        self._blobs: dict[str, bytes | bytearray] = {}
         self._links: dict[str, set[str]] = {}
         self._uploads: dict[str, _MemoryUpload] = {}
 
