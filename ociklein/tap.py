@@ -25,8 +25,19 @@ DEFAULTS: dict[str, Any] = {
     "root": "./ociregistry-data",
     "max-manifest-bytes": DEFAULT_MAX_MANIFEST_BYTES,
     "upload-ttl": 86400.0,
+    "access-log": True,
 }
 _CONVERT = {"max-manifest-bytes": int, "upload-ttl": float}
+_BOOLEANS = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "1": True,
+    "no": False,
+    "false": False,
+    "off": False,
+    "0": False,
+}
 
 
 class Options(usage.Options):
@@ -40,7 +51,8 @@ class Options(usage.Options):
         ["backend", None, None, "Storage backend: memory or fs. [default: memory]"],
         ["root", None, None, "Data directory of the fs backend. [default: ./ociregistry-data]"],
         ["max-manifest-bytes", None, None, "Largest manifest accepted, in bytes. [default: 4194304]"],
-        ["upload-ttl", None, None, "Seconds before an idle upload session expires. [default: 86400]"],
+        ["upload-ttl", None, None, "Seconds after which an upload session expires. [default: 86400]"],
+        ["access-log", None, None, "Log one line per request: yes or no. [default: yes]"],
         ["config", "c", None, "An INI file with an [ociregistry] section of these options."],
     ]
 
@@ -86,6 +98,11 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be a number, not {self[key]!r}") from None
             if not self[key] > 0:  # also refuses nan
                 raise usage.UsageError(f"--{key} must be positive")
+        if not isinstance(self["access-log"], bool):
+            flag = _BOOLEANS.get(str(self["access-log"]).strip().lower())
+            if flag is None:
+                raise usage.UsageError(f"--access-log must be yes or no, not {self['access-log']!r}")
+            self["access-log"] = flag
         if self["backend"] not in ("memory", "fs"):
             raise usage.UsageError(f"--backend must be memory or fs, not {self['backend']!r}")
         from twisted.internet import reactor
@@ -122,5 +139,6 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         registry = Registry(maxManifestBytes=options["max-manifest-bytes"])
         log.warn("ociklein backend: memory; every image is lost when the process exits")
     top = MultiService()
-    registry.service(list(options["listen"]), reactor, onStop).setServiceParent(top)
+    accessLog = options.get("access-log", True)
+    registry.service(list(options["listen"]), reactor, onStop, accessLog=accessLog).setServiceParent(top)
     return top

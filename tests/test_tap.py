@@ -34,6 +34,7 @@ EXPECTED_DEFAULTS = {
     "root": "./ociregistry-data",
     "max-manifest-bytes": 4194304,
     "upload-ttl": 86400.0,
+    "access-log": True,
 }
 
 
@@ -75,7 +76,7 @@ def test_config_file(tmp_path: Path) -> None:
         tmp_path,
         f"[{SECTION}]\n"
         "listen = tcp:6001\n    tcp:6002:interface=127.0.0.1\n"
-        "backend = fs\nroot = /srv/oci\nmax-manifest-bytes = 1000\nupload-ttl = 2.5\n",
+        "backend = fs\nroot = /srv/oci\nmax-manifest-bytes = 1000\nupload-ttl = 2.5\naccess-log = no\n",
     )
     for args in (("--config", path), ("-c", path), (f"--config={path}",)):
         assert values(parse(*args)) == {
@@ -84,6 +85,7 @@ def test_config_file(tmp_path: Path) -> None:
             "root": "/srv/oci",
             "max-manifest-bytes": 1000,
             "upload-ttl": 2.5,
+            "access-log": False,
         }
 
 
@@ -99,6 +101,7 @@ def test_precedence(tmp_path: Path) -> None:
         "root": "./ociregistry-data",
         "max-manifest-bytes": 2000,
         "upload-ttl": 86400.0,
+        "access-log": True,
     }
     assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
     assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]
@@ -128,6 +131,8 @@ _BAD: list[tuple[list[str], str | None, str]] = [
     (["--upload-ttl=soon"], None, "--upload-ttl must be a number"),
     (["--upload-ttl=-1"], None, "--upload-ttl must be positive"),
     (["--upload-ttl=nan"], None, "--upload-ttl must be positive"),
+    (["--access-log=maybe"], None, "--access-log must be yes or no, not 'maybe'"),
+    ([], f"[{SECTION}]\naccess-log = sometimes\n", "--access-log must be yes or no, not 'sometimes'"),
     (["--listen", "bogus:1"], None, "bad --listen 'bogus:1'"),
     (["--listen", "tcp:abc"], None, "bad --listen 'tcp:abc'"),
     (["--listen", "tcp"], None, "bad --listen 'tcp'"),
@@ -247,3 +252,11 @@ async def test_twistd_end_to_end(twistdRegistry: Callable[..., Any]) -> None:
     assert "ociklein backend: memory" in log
     assert f"ociklein listening on tcp:{server.port}:interface=127.0.0.1 ({server.address})" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(("given", "expected"), [("yes", True), ("on", True), ("NO", False), ("0", False)])
+def test_access_log_flag(tmp_path: Path, given: str, expected: bool) -> None:
+    """--access-log takes yes/no words from the command line and the file alike."""
+    assert parse(f"--access-log={given}")["access-log"] is expected
+    path = writeConfig(tmp_path, f"[{SECTION}]\naccess-log = {given}\n")
+    assert parse("--config", path)["access-log"] is expected
