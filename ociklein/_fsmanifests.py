@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
 from ociklein._fsutil import (
+    SortedListings,
     atomicWrite,
     catalogName,
     catalogPath,
@@ -141,9 +142,18 @@ def _deleteManifest(paths: _Paths, digest: str) -> bool:
     return removeDurably(path)
 
 
+def _tagName(entry: str) -> str | None:
+    return entry if isTag(entry) else None
+
+
+def _repositoryName(entry: str) -> str | None:
+    name = catalogName(entry)
+    return name if isRepository(name) else None
+
+
 def _listTags(paths: _Paths) -> list[str]:
     try:
-        return sorted(name for name in os.listdir(paths.tags) if isTag(name))
+        return [name for name in os.listdir(paths.tags) if isTag(name)]
     except FileNotFoundError:
         return []
 
@@ -177,6 +187,7 @@ class FilesystemManifestBackend:
         prepareRoot(root)
         self._root = os.path.abspath(root)
         self._reactor = resolveReactor(reactor)
+        self._listings = SortedListings()
 
     def _paths(self, repository: str) -> _Paths:
         return _Paths(self._root, checkRepository(repository))
@@ -267,14 +278,18 @@ class FilesystemManifestBackend:
         paths = self._paths(repository)
         if not os.path.exists(paths.catalog):
             return None
-        return page(_listTags(paths), last, limit)
+        try:
+            tags = self._listings.names(paths.tags, _tagName)
+        except FileNotFoundError:
+            tags = []
+        return page(tags, last, limit)
 
     def listRepositories(self, last: str | None, limit: int) -> Deferred[list[str]]:
         return maybeDeferred(self._listRepositories, last, limit)
 
     def _listRepositories(self, last: str | None, limit: int) -> list[str]:
-        names = (catalogName(entry) for entry in os.listdir(os.path.join(self._root, "catalog")))
-        return page(sorted(name for name in names if isRepository(name)), last, limit)
+        names = self._listings.names(os.path.join(self._root, "catalog"), _repositoryName)
+        return page(names, last, limit)
 
     def referrers(self, repository: str, subject: str) -> Deferred[list[dict[str, Any]]]:
         return Deferred.fromCoroutine(self._referrers(repository, subject))

@@ -666,3 +666,46 @@ async def test_unresumableUploadCommits(root: Path, store: FilesystemBlobStore) 
     assert await reader.read(0, len(data)) == data
     reader.close()
     assert os.listdir(root / "tmp") == []
+
+
+def test_sortedListingsReadAStillDirectoryOnce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory that has not changed for a second is listed once, however many pages are read."""
+    from ociklein import _fsutil
+
+    directory = tmp_path / "tags"
+    directory.mkdir()
+    for name in ("b", "a", "c"):
+        (directory / name).touch()
+    old = time.time() - 10
+    os.utime(directory, (old, old))
+    calls: list[str] = []
+    realListdir = os.listdir
+
+    def countingListdir(path: Any) -> list[str]:
+        calls.append(str(path))
+        return realListdir(path)
+
+    monkeypatch.setattr(_fsutil.os, "listdir", countingListdir)
+    listings = _fsutil.SortedListings()
+    for _ in range(5):
+        assert listings.names(str(directory), lambda n: n) == ["a", "b", "c"]
+    assert len(calls) == 1
+    (directory / "d").touch()
+    assert listings.names(str(directory), lambda n: n) == ["a", "b", "c", "d"]
+    assert len(calls) == 2
+
+
+def test_sortedListingsDoNotKeepARecentlyChangedDirectory(tmp_path: Path) -> None:
+    """A directory changed within the last second is listed afresh each time, so a second change
+    in the same timestamp tick by another process is never hidden."""
+    from ociklein import _fsutil
+
+    directory = tmp_path / "tags"
+    directory.mkdir()
+    (directory / "a").touch()
+    listings = _fsutil.SortedListings()
+    assert listings.names(str(directory), lambda n: n) == ["a"]
+    stamp = directory.stat().st_mtime_ns
+    (directory / "b").touch()
+    os.utime(directory, ns=(stamp, stamp))  # the same tick as before
+    assert listings.names(str(directory), lambda n: n) == ["a", "b"]
