@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -19,6 +19,7 @@ from zope.interface import implementer
 from ociklein._plainhttp import RefuseTLSFactory
 from ociklein._routes import RegistryRoutes
 from ociklein._streaming import makeSite
+from ociklein._workers import listenReusingPort
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES, RegistryCore
 from ociklein.interfaces import IBlobStore, IManifestBackend
 from ociklein.memory import MemoryBlobStore, MemoryManifestBackend
@@ -64,18 +65,30 @@ class Registry:
         return makeSite(self.resource(), reactor=reactor, accessLog=accessLog)
 
     def service(
-        self, listen: list[str], reactor: Any = None, onStop: Any = None, accessLog: bool = True
+        self,
+        listen: list[str],
+        reactor: Any = None,
+        onStop: Any = None,
+        accessLog: bool = True,
+        reusePort: bool = False,
     ) -> IService:
         """
-        An L{IService} listening on each Twisted server endpoint string.
+        An L{IService} listening on each Twisted server endpoint string;
+        with C{reusePort}, TCP ports other processes may listen on too.
         """
-        return _ListeningService(self, listen, reactor, onStop, accessLog)
+        return _ListeningService(self, listen, reactor, onStop, accessLog, reusePort)
 
 
 @implementer(IService)
 class _ListeningService(Service):
     def __init__(
-        self, registry: Registry, listen: list[str], reactor: Any, onStop: Any, accessLog: bool = True
+        self,
+        registry: Registry,
+        listen: list[str],
+        reactor: Any,
+        onStop: Any,
+        accessLog: bool = True,
+        reusePort: bool = False,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -86,6 +99,7 @@ class _ListeningService(Service):
         self._reactor = reactor
         self._onStop = onStop
         self._accessLog = accessLog
+        self._reusePort = reusePort
         self.ports: list[IListeningPort] = []
         self.listening: Deferred[list[IListeningPort]] = Deferred()
 
@@ -94,9 +108,12 @@ class _ListeningService(Service):
         site = self._registry.site(self._reactor, accessLog=self._accessLog)
         waiting = []
         for description in self._descriptions:
-            endpoint = serverFromString(self._reactor, description)
             factory = site if description.startswith(("ssl:", "tls:")) else RefuseTLSFactory(site)
-            waiting.append(endpoint.listen(factory).addCallback(self._listening, description))
+            if self._reusePort:
+                listened = maybeDeferred(listenReusingPort, self._reactor, description, factory)
+            else:
+                listened = serverFromString(self._reactor, description).listen(factory)
+            waiting.append(listened.addCallback(self._listening, description))
         DeferredList(waiting, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
             lambda _: self.listening.callback(self.ports), self._failed
         )

@@ -6,6 +6,7 @@ the service they describe.  Command line beats file beats defaults.
 from __future__ import annotations
 
 import configparser
+import os
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -13,6 +14,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ociklein._workers import WorkersService, dieWithParent, isReusableTCP
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
 from ociklein.registry import Registry
 
@@ -26,8 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "max-manifest-bytes": DEFAULT_MAX_MANIFEST_BYTES,
     "upload-ttl": 86400.0,
     "access-log": True,
+    "workers": 1,
 }
-_CONVERT = {"max-manifest-bytes": int, "upload-ttl": float}
+_CONVERT = {"max-manifest-bytes": int, "upload-ttl": float, "workers": int}
 _BOOLEANS = {
     "yes": True,
     "true": True,
@@ -53,12 +56,15 @@ class Options(usage.Options):
         ["max-manifest-bytes", None, None, "Largest manifest accepted, in bytes. [default: 4194304]"],
         ["upload-ttl", None, None, "Seconds after which an upload session expires. [default: 86400]"],
         ["access-log", None, None, "Log one line per request: yes or no. [default: yes]"],
+        ["workers", None, None, "Processes serving the fs backend on the same TCP ports. [default: 1]"],
         ["config", "c", None, "An INI file with an [ociregistry] section of these options."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+
+    optFlags = [["worker", None, "(internal) Serve as a worker started by another ociregistry process."]]
 
     def opt_listen(self, description: str) -> None:
         """
@@ -114,6 +120,12 @@ class Options(usage.Options):
                 serverFromString(reactor, description)
             except Exception as e:  # a missing or unreadable TLS key is an OSError or an SSL error
                 raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
+        if self["workers"] > 1:
+            if self["backend"] != "fs":
+                raise usage.UsageError("--workers above 1 needs --backend=fs: memory is not shared")
+            for description in self["listen"]:
+                if not isReusableTCP(reactor, description):
+                    raise usage.UsageError(f"--workers above 1 needs tcp: endpoints, not {description!r}")
 
 
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IService:
@@ -140,5 +152,25 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         log.warn("ociklein backend: memory; every image is lost when the process exits")
     top = MultiService()
     accessLog = options.get("access-log", True)
-    registry.service(list(options["listen"]), reactor, onStop, accessLog=accessLog).setServiceParent(top)
+    worker = bool(options.get("worker"))
+    extraWorkers = 0 if worker else options.get("workers", 1) - 1
+    if worker:
+        dieWithParent()
+    service = registry.service(
+        list(options["listen"]), reactor, onStop, accessLog=accessLog, reusePort=worker or extraWorkers > 0
+    )
+    service.setServiceParent(top)
+    if extraWorkers > 0:
+        args = [
+            "--backend=fs",
+            f"--root={os.path.abspath(options['root'])}",
+            f"--max-manifest-bytes={options['max-manifest-bytes']}",
+            f"--upload-ttl={options['upload-ttl']}",
+            f"--access-log={'yes' if accessLog else 'no'}",
+        ]
+        if reactor is None:
+            from twisted.internet import reactor
+        workers = WorkersService(reactor, extraWorkers, args, service.listening)  # type: ignore[attr-defined]
+        workers.setServiceParent(top)
+        log.info("ociklein serving with {count} processes", count=extraWorkers + 1)
     return top

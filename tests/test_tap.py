@@ -35,6 +35,7 @@ EXPECTED_DEFAULTS = {
     "max-manifest-bytes": 4194304,
     "upload-ttl": 86400.0,
     "access-log": True,
+    "workers": 1,
 }
 
 
@@ -86,6 +87,7 @@ def test_config_file(tmp_path: Path) -> None:
             "max-manifest-bytes": 1000,
             "upload-ttl": 2.5,
             "access-log": False,
+            "workers": 1,
         }
 
 
@@ -102,6 +104,7 @@ def test_precedence(tmp_path: Path) -> None:
         "max-manifest-bytes": 2000,
         "upload-ttl": 86400.0,
         "access-log": True,
+        "workers": 1,
     }
     assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
     assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]

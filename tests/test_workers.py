@@ -1,0 +1,128 @@
+"""
+Several processes on one fs root and one port (--workers): connections are
+spread across them, uploads move between them, and the workers live and die
+with the process twistd started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from twistdprocess import TwistdRegistry
+from twisted.python import usage
+
+from ociklein.tap import Options
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _waitFor(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _request(
+    port: int, method: str, path: str, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def _workersListening(server: TwistdRegistry, count: int) -> bool:
+    return server.logPath.read_text().count("ociklein listening on") >= count
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers=2"], "--workers above 1 needs --backend=fs"),
+        (["--workers=2", "--backend=fs", "--listen", "unix:/tmp/x.sock"], "needs tcp: endpoints"),
+        (["--workers=0"], "--workers must be positive"),
+        (["--workers=two"], "--workers must be a number"),
+    ],
+)
+def test_workers_usage_errors(args: list[str], message: str) -> None:
+    """--workers needs the fs backend, TCP endpoints and a positive count."""
+    with pytest.raises(usage.UsageError, match=message):
+        Options().parseOptions(args)
+
+
+def test_workers_share_port_and_root(twistdRegistry: Callable[..., TwistdRegistry], tmp_path: Path) -> None:
+    """Two processes serve one port: a chunked upload spread over many connections completes,
+    and what one process stored every connection reads back."""
+    server = twistdRegistry("--backend=fs", f"--root={tmp_path / 'root'}", "--workers=2")
+    assert server.process is not None
+    assert _waitFor(lambda: len(_children(server.process.pid)) == 1)
+    assert _waitFor(lambda: _workersListening(server, 2))
+    chunks = [os.urandom(256 * 1024) for _ in range(12)]
+    status, headers, _ = _request(server.port, "POST", "/v2/shared/blobs/uploads/")
+    assert status == 202
+    location = headers["Location"]
+    for chunk in chunks:  # each PATCH on a new connection, so on either process
+        status, _, body = _request(server.port, "PATCH", location, chunk)
+        assert status == 202, body
+    digest = "sha256:" + hashlib.sha256(b"".join(chunks)).hexdigest()
+    status, _, body = _request(server.port, "PUT", f"{location}?digest={digest}")
+    assert status == 201, body
+    for _ in range(40):
+        status, _, body = _request(server.port, "GET", f"/v2/shared/blobs/{digest}")
+        assert status == 200 and body == b"".join(chunks)
+
+
+def test_workers_stop_with_their_parent(
+    twistdRegistry: Callable[..., TwistdRegistry], tmp_path: Path
+) -> None:
+    """A worker that dies is restarted; workers end when the parent stops, and even when it is SIGKILLed."""
+    server = twistdRegistry("--backend=fs", f"--root={tmp_path / 'root'}", "--workers=2")
+    assert server.process is not None
+    parent = server.process.pid
+    assert _waitFor(lambda: len(_children(parent)) == 1)
+    [worker] = _children(parent)
+    os.kill(worker, signal.SIGKILL)
+    assert _waitFor(lambda: [c for c in _children(parent) if c != worker and _alive(c)] != [])
+    [replacement] = [c for c in _children(parent) if c != worker]
+    server.kill(signal.SIGKILL)
+    assert _waitFor(lambda: not _alive(replacement))
+
+    again = twistdRegistry("--backend=fs", f"--root={tmp_path / 'root'}", "--workers=2")
+    assert again.process is not None
+    assert _waitFor(lambda: len(_children(again.process.pid)) == 1)
+    [worker] = _children(again.process.pid)
+    again.stop()
+    assert _waitFor(lambda: not _alive(worker))
