@@ -173,8 +173,6 @@ class RegistryCore:
         self._busyUploads.add(upload.uploadId)
         try:
             await body.deliverTo(upload.write)
-        except errors.OCIError:
-            raise
         except OSError as e:
             log.failure("upload {uploadId} failed to store", uploadId=upload.uploadId)
             await upload.abort()
@@ -273,9 +271,12 @@ class RegistryCore:
             descriptor["artifactType"] = manifest.artifactType
         if manifest.annotations:
             descriptor["annotations"] = manifest.annotations
-        await self.manifests.putManifest(
-            name, digest, manifest.mediaType, content, manifest.subject, descriptor
-        )
+        # Content-addressed: pushing the same bytes again (another tag for
+        # one image, a retry) has nothing new to store.
+        if await self.manifests.getManifest(name, digest) is None:
+            await self.manifests.putManifest(
+                name, digest, manifest.mediaType, content, manifest.subject, descriptor
+            )
         if not isDigest:
             await self.manifests.setTag(name, reference, digest)
         return digest, manifest.subject

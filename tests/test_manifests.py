@@ -625,3 +625,29 @@ async def test_errors_are_json(client: Any, method: str, path: str, code: str, s
     assert errorCode(response) == code
     error = json.loads(response.body)["errors"][0]
     assert isinstance(error["detail"], dict)
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_manifest_under_another_tag_is_not_stored_again() -> None:
+    """Tagging an already stored manifest again moves only the tag: no second write of its bytes."""
+    from conftest import StubClient
+
+    from ociklein import MemoryBlobStore, MemoryManifestBackend, Registry
+
+    class CountingBackend(MemoryManifestBackend):
+        stored = 0
+
+        def putManifest(self, *args: Any, **kwargs: Any) -> Any:
+            CountingBackend.stored += 1
+            return super().putManifest(*args, **kwargs)
+
+    client = StubClient(Registry(CountingBackend(), MemoryBlobStore()))
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await pushBlob(client, "app", config)
+    content = json.dumps(imageManifest(config, [])).encode()
+    for tag in ("v1", "latest", "stable"):
+        response = await putManifest(client, "app", tag, content)
+        assert response.code == 201
+    assert CountingBackend.stored == 1
+    listed = await client.request("GET", "/v2/app/tags/list")
+    assert json.loads(listed.body)["tags"] == ["latest", "stable", "v1"]
