@@ -709,3 +709,27 @@ def test_sortedListingsDoNotKeepARecentlyChangedDirectory(tmp_path: Path) -> Non
     (directory / "b").touch()
     os.utime(directory, ns=(stamp, stamp))  # the same tick as before
     assert listings.names(str(directory), lambda n: n) == ["a", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_startupDoesNotScanBlobsOrRepositories(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a root lists only tmp/ and uploads/: startup does not grow with blobs or repositories."""
+    store = FilesystemBlobStore(str(root))
+    manifests = FilesystemManifestBackend(str(root))
+    for i in range(20):
+        digest = await push(store, f"blob {i}".encode(), f"repo{i}")
+        await manifests.putManifest(f"repo{i}", digest, MANIFEST, b"{}", None, {})
+    store.close()
+    listed: list[str] = []
+    for name in ("listdir", "scandir", "walk"):
+        real = getattr(os, name)
+
+        def recording(path: Any = ".", *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            listed.append(os.path.relpath(os.fspath(path), root))
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, recording)
+    FilesystemBlobStore(str(root)).close()
+    FilesystemManifestBackend(str(root))
+    assert "tmp" in listed  # the recording works
+    assert set(listed) <= {"tmp", "uploads"}, listed
