@@ -189,7 +189,10 @@ class RegistryRoutes:
                 lookup = "GET" if method == "HEAD" else method
                 handler = self._handlers.get((route, lookup))
                 if handler is None:
-                    raise errors.unsupported(f"{method} is not allowed on {route}")
+                    allowed = {m for r, m in self._handlers if r == route}
+                    if "GET" in allowed:
+                        allowed.add("HEAD")
+                    raise errors.unsupported(f"{method} is not allowed on {route}", allow=sorted(allowed))
                 return await handler(request, **match.groupdict())
             raise OCIError(404, "NAME_UNKNOWN", "no such endpoint", {"path": path})
         except OCIError as e:

@@ -93,8 +93,9 @@ def paginationInvalid(reason: str) -> OCIError:
     )
 
 
-def unsupported(reason: str, status: int = 405) -> OCIError:
-    return OCIError(status, "UNSUPPORTED", "the operation is unsupported", {"reason": reason})
+def unsupported(reason: str, status: int = 405, allow: list[str] | None = None) -> OCIError:
+    headers = {"Allow": ", ".join(allow)} if allow else None
+    return OCIError(status, "UNSUPPORTED", "the operation is unsupported", {"reason": reason}, headers)
 
 
 def storageFull(reason: str) -> OCIError:

@@ -231,11 +231,12 @@ async def test_encoded_slash_is_not_a_separator(client: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_blob_method_not_allowed(client: Any) -> None:
-    """PUT or PATCH on a blob URL answers 405 UNSUPPORTED as JSON."""
+    """PUT or PATCH on a blob URL answers 405 UNSUPPORTED as JSON, with the methods it allows."""
     digest = await pushBlob(client, "hello", DATA)
     for method in ["PUT", "PATCH", "POST"]:
         response = await client.request(method, f"/v2/hello/blobs/{digest}", data=b"x")
         assert response.code == 405, method
         assert errorCode(response) == "UNSUPPORTED"
+        assert header(response, "Allow") == "DELETE, GET, HEAD"
     response = await client.request("GET", f"/v2/hello/blobs/{digest}")
     assert response.body == DATA
