@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """
-One command that benchmarks ociklein (memory and fs backends) against CNCF
-Distribution with the same clients, and prints one table.
+One command that benchmarks ociklein (memory backend, fs backend, and fs
+backend with two worker processes) against CNCF Distribution with the same
+clients, and prints one table.
 
-    python benchmarks/run.py            # the full run (512 MiB blobs, 10 s wrk)
-    python benchmarks/run.py --quick    # smaller sizes, under two minutes
+    python benchmarks/run.py                  # the full run (512 MiB blobs, 10 s wrk)
+    python benchmarks/run.py --quick          # smaller sizes, under a minute
+    python benchmarks/run.py --access-log no  # every server without its access log
 
-Every server is a subprocess on a free 127.0.0.1 port, run one at a time, and
-killed on the way out whatever happens.  See benchmarks/README.md.
+Every server is a subprocess (with its worker processes, a process group) on
+a free 127.0.0.1 port, run one at a time, and killed with its whole group on
+the way out whatever happens.  See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ HOST = "127.0.0.1"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-SERVERS = ("memory", "fs", "distribution")
+SERVERS = ("memory", "fs", "fs2", "distribution")
 
 # Every loop and wait below is bounded by one of these.
 START_TIMEOUT = 30.0
@@ -134,6 +137,9 @@ def makeBlob(path: Path, size: int) -> Blob:
             hashed.update(piece)
             f.write(piece)
             left -= len(piece)
+        # On disk now, so that no server's run pays for writing it back.
+        f.flush()
+        os.fsync(f.fileno())
     return Blob(path, size, f"sha256:{hashed.hexdigest()}")
 
 
@@ -171,26 +177,138 @@ class Data:
 # -- processes --------------------------------------------------------------
 
 
+class Signals:
+    """
+    SIGINT and SIGTERM become L{KeyboardInterrupt} in the main thread, except
+    inside L{held}, which keeps them until it ends: a process is never left
+    started but unrecorded, out of reach of the cleanup.
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self._depth:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        # Python runs signal handlers in the main thread only.
+        mainThread = threading.current_thread() is threading.main_thread()
+        if mainThread:
+            self._depth += 1
+        try:
+            yield
+        finally:
+            if mainThread:
+                self._depth -= 1
+                if self._depth == 0 and self._pending:
+                    self._pending = False
+                    raise KeyboardInterrupt
+
+
+SIGNALS = Signals()
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    state: str
+    ppid: int
+    pgrp: int
+
+
+def procStats() -> dict[int, ProcStat]:
+    """
+    Every process's state, parent and process group, from /proc/PID/stat.
+    """
+    stats: dict[int, ProcStat] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # "PID (COMM) STATE PPID PGRP ...", where COMM may hold spaces and parentheses.
+        fields = text[text.rindex(")") + 2 :].split()
+        stats[int(entry.name)] = ProcStat(int(entry.name), fields[0], int(fields[1]), int(fields[2]))
+    return stats
+
+
+def processTree(pid: int) -> list[int]:
+    """
+    C{pid} and all its live descendants, C{pid} first.
+    """
+    stats = procStats()
+    if pid not in stats:
+        return []
+    tree = [pid]
+    for parent in tree:  # grows as it goes: breadth first
+        tree += sorted(s.pid for s in stats.values() if s.ppid == parent and s.state != "Z")
+    return tree
+
+
+def groupMembers(pgid: int) -> list[int]:
+    """
+    The live (not zombie) processes of process group C{pgid}.
+    """
+    return sorted(s.pid for s in procStats().values() if s.pgrp == pgid and s.state != "Z")
+
+
+def signalGroup(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def waitGroupEmpty(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while groupMembers(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class Processes:
     """
-    Every subprocess this run starts, so that all of them die with it.
+    Every subprocess this run starts, so that all of them die with it.  One
+    started with C{start_new_session=True} leads a process group (a server,
+    with any worker processes it starts), and is stopped with its whole group.
     """
 
     def __init__(self) -> None:
         self._live: list[subprocess.Popen[bytes]] = []
+        self._groups: set[int] = set()
         self._lock = threading.Lock()
 
     def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        with self._lock:
+        with SIGNALS.held(), self._lock:
             process = subprocess.Popen(argv, **kwargs)
             self._live.append(process)
+            if kwargs.get("start_new_session"):
+                self._groups.add(process.pid)
             return process
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
         """
-        SIGTERM, then SIGKILL if it lingers; always reaped.
+        SIGTERM, then SIGKILL if it lingers; always reaped.  For a group
+        leader, both go to the whole group, and this returns once no process
+        of the group is left.
         """
-        if process.poll() is None:
+        group = process.pid in self._groups
+        if group:
+            self._stopGroup(process)
+        elif process.poll() is None:
             try:
                 process.terminate()
                 process.wait(STOP_TIMEOUT)
@@ -200,6 +318,24 @@ class Processes:
         with self._lock:
             if process in self._live:
                 self._live.remove(process)
+            self._groups.discard(process.pid)
+
+    @staticmethod
+    def _stopGroup(leader: subprocess.Popen[bytes]) -> None:
+        pgid = leader.pid
+        # Even a leader that already exited may have left workers in its group.
+        signalGroup(pgid, signal.SIGTERM)
+        try:
+            leader.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            signalGroup(pgid, signal.SIGKILL)
+            leader.wait(STOP_TIMEOUT)
+        # The leader is reaped now, and a group id is not reused while the
+        # group has members; orphaned members are reaped by init.
+        if not waitGroupEmpty(pgid, STOP_TIMEOUT):
+            signalGroup(pgid, signal.SIGKILL)
+            if not waitGroupEmpty(pgid, STOP_TIMEOUT):
+                raise BenchError(f"processes {groupMembers(pgid)} of group {pgid} survived SIGKILL")
 
     def stopAll(self) -> None:
         for process in list(self._live):
@@ -238,6 +374,8 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
+    workers: int = 1
+    root: Path | None = None
 
     def connection(self, timeout: float = 60.0) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
@@ -245,16 +383,35 @@ class Server:
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
 
+    def processes(self) -> list[int]:
+        """
+        The server's process and its descendants (worker processes).
+        """
+        return processTree(self.process.pid)
+
+    def statusEach(self, key: str) -> list[int]:
+        """
+        A kB figure of /proc/PID/status (VmRSS, VmHWM), in bytes, for each
+        process of the server.
+        """
+        values = []
+        for pid in self.processes():
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+            if match is not None:
+                values.append(int(match.group(1)) * 1024)
+        return values
+
     def status(self, key: str) -> int | None:
         """
-        A kB figure of /proc/PID/status (VmRSS, VmHWM), in bytes.
+        That figure summed over the server's processes; L{None} if none is
+        left.
         """
-        try:
-            text = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return None
-        match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-        return None if match is None else int(match.group(1)) * 1024
+        values = self.statusEach(key)
+        return sum(values) if values else None
 
     def logTail(self, lines: int = 20) -> str:
         try:
@@ -263,16 +420,27 @@ class Server:
             return ""
 
 
-def startServer(kind: str, workdir: Path) -> Server:
+WORKERS = {"fs2": 2}
+
+
+def startServer(kind: str, workdir: Path, accessLog: bool) -> Server:
+    """
+    Start C{kind} and return once it answers, and (for several processes)
+    once every one of them listens.  C{accessLog} false turns off each
+    server's per-request log; true leaves each server's default.
+    """
     port = freePort()
     log = workdir / f"{kind}.log"
+    workers = WORKERS.get(kind, 1)
+    root = workdir / f"{kind}-root"  # unused by the memory backend
     if kind == "distribution":
-        root = workdir / "distribution-root"
         root.mkdir()
         config = workdir / "distribution.yml"
+        accessLogConfig = "" if accessLog else "  accesslog:\n    disabled: true\n"
         config.write_text(
             "version: 0.1\n"
             "log:\n"
+            f"{accessLogConfig}"
             "  level: warn\n"
             "  formatter: text\n"
             "storage:\n"
@@ -295,30 +463,56 @@ def startServer(kind: str, workdir: Path) -> Server:
             "--listen",
             f"tcp:{port}:interface={HOST}",
         ]
-        if kind == "fs":
-            argv += ["--backend=fs", "--root", str(workdir / "fs-root")]
+        if kind in ("fs", "fs2"):
+            argv += ["--backend=fs", "--root", str(root)]
+        if workers > 1:
+            argv += [f"--workers={workers}"]
+        if not accessLog:
+            argv += ["--access-log=no"]
     with log.open("wb") as out:
-        # A session of its own: Ctrl-C reaches only this script, whose
-        # finally clause then stops the server.
+        # A session (and process group) of its own: Ctrl-C reaches only this
+        # script, whose finally clause then stops the server's whole group.
         process = PROCESSES.start(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
-    server = Server(kind, process, port, log)
+    server = Server(kind, process, port, log, workers, None if kind == "memory" else root)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            PROCESSES.stop(process)
             raise BenchError(f"{kind} exited with {process.returncode}:\n{server.logTail()}")
-        try:
-            conn = server.connection(timeout=2.0)
-            conn.request("GET", "/v2/")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return server
-        except OSError:
-            pass
+        if allListening(server):
+            try:
+                conn = server.connection(timeout=2.0)
+                conn.request("GET", "/v2/")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return server
+            except OSError:
+                pass
         time.sleep(0.1)
     PROCESSES.stop(process)
     raise BenchError(f"{kind} did not answer within {START_TIMEOUT} s:\n{server.logTail()}")
+
+
+def allListening(server: Server) -> bool:
+    """
+    Whether each of a multi-process ociklein's processes has logged that it
+    listens: the first one as "ociklein listening on", worker N through the
+    first one's log as "worker N: ... ociklein listening on".
+    """
+    if server.workers == 1:
+        return True
+    try:
+        lines = server.log.read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    listening = set()
+    for line in lines:
+        if "ociklein listening on" in line:
+            worker = re.search(r"\bworker (\d+): ", line)
+            listening.add(int(worker.group(1)) if worker else 0)
+    return listening >= set(range(server.workers)) and len(server.processes()) >= server.workers
 
 
 # -- HTTP helpers -------------------------------------------------------------
@@ -779,7 +973,7 @@ FIGURES: list[tuple[str, str, bool]] = [
 def measure(
     server: Server, data: Data, sizes: Sizes, headloadBinary: Path | None, only: set[str] | None
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {"_load": [os.getloadavg()[0]]}
+    results: dict[str, Any] = {"_load": [os.getloadavg()[0]], "_processes": len(server.processes())}
     notes: list[str] = []
 
     def figure(key: str, compute: Callable[[], Any]) -> Any:
@@ -802,7 +996,10 @@ def measure(
         for key, v in zip(keys, values, strict=False):
             results[key] = v
 
+    # Summed over the server's processes; for several, the peak is the sum of
+    # each one's own peak, an upper bound of their simultaneous peak.
     results["rss_start"] = (server.status("VmRSS") or 0) / MB
+    results["_rss_start_each"] = [v / MB for v in server.statusEach("VmRSS")]
     manifestPath = "/v2/bench/app/manifests/latest"
     conn = server.connection()
     pushSmall(conn, "bench/app", data.config)
@@ -821,6 +1018,7 @@ def measure(
     record(("idle_p99",), lambda: idleLatency(server, manifestPath, sizes))
     record(("busy_p99", "busy_mbps"), lambda: latencyUnderTransfer(server, manifestPath, data, sizes))
     results["rss_peak"] = (server.status("VmHWM") or 0) / MB
+    results["_rss_peak_each"] = [v / MB for v in server.statusEach("VmHWM")]
     results["_load"].append(os.getloadavg()[0])
 
     record(("get_rps", "get_p99"), lambda: wrk(server, manifestPath, sizes))
@@ -865,21 +1063,38 @@ def formatValue(value: Any) -> str:
     return f"{value:.2f}"
 
 
+TIMES = "\N{MULTIPLICATION SIGN}"
+COLUMNS = {
+    "memory": "ociklein-memory",
+    "fs": "ociklein-fs",
+    "fs2": f"ociklein-fs{TIMES}2",
+    "distribution": "distribution",
+}
+RATIOS = {"fs": "fs/distribution", "fs2": f"fs{TIMES}2/distribution"}
+
+
+def number(value: Any) -> float | None:
+    return value[0] if isinstance(value, tuple) else value
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
-    columns = ["memory", "fs", "distribution"]
-    header = ["figure", *[f"ociklein-{c}" if c != "distribution" else c for c in columns], "fs/distribution"]
+    columns = [c for c in SERVERS if c in results]
+    ratios = [c for c in RATIOS if c in results and "distribution" in results]
+    header = ["figure", *[COLUMNS[c] for c in columns], *[RATIOS[c] for c in ratios]]
     rows = [header, ["---"] * len(header)]
     for key, label, higherBetter in FIGURES:
-        values = [results.get(c, {}).get(key) for c in columns]
+        values = [results[c].get(key) for c in columns]
         if all(v is None for v in values):
             continue
-        fs, dist = values[1], values[2]
-        fsValue = fs[0] if isinstance(fs, tuple) else fs
-        distValue = dist[0] if isinstance(dist, tuple) else dist
-        ratio = "—"
-        if fsValue is not None and distValue:
-            ratio = f"{fsValue / distValue:.2f}x" + (" ↑" if higherBetter else " ↓")
-        rows.append([label, *[formatValue(v) for v in values], ratio])
+        row = [label, *[formatValue(v) for v in values]]
+        dist = number(results["distribution"].get(key)) if ratios else None
+        for c in ratios:
+            mine = number(results[c].get(key))
+            ratio = "—"
+            if mine is not None and dist:
+                ratio = f"{mine / dist:.2f}x" + (" ↑" if higherBetter else " ↓")
+            row.append(ratio)
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for row in rows:
@@ -888,6 +1103,22 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             cells = ["-" * widths[0], *[("-" * (widths[i] - 1)) + ":" for i in range(1, len(header))]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def rssNote(results: dict[str, dict[str, Any]]) -> str:
+    """
+    For servers of several processes, what the RSS sums are made of.
+    """
+    parts = []
+    for name, figures in results.items():
+        start, peak = figures.get("_rss_start_each") or [], figures.get("_rss_peak_each") or []
+        if len(start) > 1 or len(peak) > 1:
+            parts.append(
+                f"{COLUMNS[name]} sums {len(peak or start)} processes: "
+                f"at start {' + '.join(f'{v:.1f}' for v in start)} MB, "
+                f"peaks {' + '.join(f'{v:.1f}' for v in peak)} MB"
+            )
+    return "; ".join(parts)
 
 
 def pagingNote(results: dict[str, dict[str, Any]]) -> str:
@@ -908,9 +1139,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)}"
     )
+    parser.add_argument(
+        "--access-log",
+        choices=("yes", "no"),
+        default="yes",
+        help="no: run every server without its per-request access log\n"
+        "(--access-log=no for ociklein, log.accesslog.disabled for Distribution);\n"
+        "yes (default): each server's default, which logs every request",
+    )
     parser.add_argument("--only", default=None, help="comma-separated figure keys to measure")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (logs, data, each server's storage;\n"
+        "later servers' blob figures may then be lower, see README.md)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     servers = [s for s in args.servers.split(",") if s]
@@ -918,13 +1162,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     only = set(args.only.split(",")) if args.only else None
 
+    accessLog = args.access_log == "yes"
+
     # SIGTERM, and SIGINT even when started ignoring it (a background job),
     # take the same way out as Ctrl-C: through the finally below.
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, interrupted)
+    SIGNALS.install()
+    loadAtStart = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="ociklein-bench-"))
     results: dict[str, dict[str, Any]] = {}
     started = time.time()
@@ -942,10 +1185,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         headloadBinary = buildHeadload(workdir)
         for kind in servers:
+            # Every server starts with nothing left to write back (from the
+            # previous server, Distribution's unsynced blobs above all), so no
+            # server's writes are throttled by another's dirty pages.
+            os.sync()
             print(f"starting {kind} ...", file=sys.stderr)
             server = None
             try:
-                server = startServer(kind, workdir)
+                server = startServer(kind, workdir, accessLog)
                 results[kind] = measure(server, data, sizes, headloadBinary, only)
             except BenchError as e:
                 print(f"  {kind}: {e}", file=sys.stderr)
@@ -953,6 +1200,11 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if server is not None:
                     PROCESSES.stop(server.process)
+                    if server.root is not None and not args.keep:
+                        # Its blobs' pages are freed for the next server: on the VM
+                        # the results were made on, page cache the guest has not
+                        # touched before made writes twice as expensive in CPU.
+                        shutil.rmtree(server.root, ignore_errors=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -972,13 +1224,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, {os.cpu_count()} CPUs; "
         f"blobs {sizes.blob // MiB} MiB, PATCH chunks {sizes.chunk // MiB} MiB, "
         f"wrk {sizes.wrkSeconds} s x {sizes.wrkConnections} connections, "
-        f"{sizes.tags} tags / {sizes.repositories} repositories in pages of {sizes.pageSize}"
+        f"{sizes.tags} tags / {sizes.repositories} repositories in pages of {sizes.pageSize}; "
+        f"access logs {'as each server defaults (on)' if accessLog else 'off'}"
     )
     print()
     print(table(results))
     print()
     loads = ", ".join(f"{k} {'/'.join(f'{x:.1f}' for x in v['_load'])}" for k, v in results.items())
     print(f"load average (1 min) at start/middle/end of each server's run: {loads}")
+    loadAtEnd = os.getloadavg()
+    print(
+        "load averages (1/5/15 min) at start of run "
+        f"{'/'.join(f'{x:.2f}' for x in loadAtStart)}, at end {'/'.join(f'{x:.2f}' for x in loadAtEnd)}"
+    )
+    if note := rssNote(results):
+        print(f"RSS: {note}")
     if note := pagingNote(results):
         print(f"paging: {note}")
     for name, figures in results.items():
