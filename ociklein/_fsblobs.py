@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ociklein._fsutil import (
@@ -113,22 +114,50 @@ class _FileUpload:
         self._fd: int | None = fd
         self._sha256 = sha256
         self._error: OSError | None = None
+        self._writing = False
+        self._idle: list[Deferred[None]] = []
 
     def write(self, data: bytes) -> Deferred[None]:
+        """
+        Append and hash C{data} in a thread: both release the GIL, so the
+        reactor goes on serving while a large upload is written.  Size and
+        running hash stay those of completed writes.
+        """
         if self._error is not None:
             return fail(self._error)
         if self._fd is None:
             return fail(ValueError(f"upload {self.uploadId} has ended"))
-        try:
-            writeAll(self._fd, data)
-        except OSError as e:
-            # Part of the data may be on disk: the session cannot go on.
-            self._error = e
-            return fail(e)
-        if self._sha256 is not None:
-            self._sha256.update(data)
-        self.size += len(data)
-        return succeed(None)
+        if self._writing:
+            return fail(RuntimeError(f"upload {self.uploadId} is being written"))
+        self._writing = True
+        written = inThread(self._store._reactor, _append, self._fd, data, self._sha256)
+
+        def done(result: object) -> object:
+            self._writing = False
+            if isinstance(result, Failure):
+                if isinstance(result.value, OSError):
+                    # Part of the data may be on disk: the session cannot go on.
+                    self._error = result.value
+            else:
+                self.size += len(data)
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+            return result
+
+        return written.addBoth(done)
+
+    def _whenIdle(self) -> Deferred[None]:
+        """
+        Fires once no write is running in a thread, so that the descriptor
+        can be closed without a thread still writing to it (or to a file
+        that reused its number).
+        """
+        if not self._writing:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
 
     def digest(self, algorithm: str) -> Deferred[str]:
         return Deferred.fromCoroutine(self._digest(algorithm))
@@ -154,6 +183,7 @@ class _FileUpload:
 
     async def _commit(self, digest: str) -> None:
         checkDigest(digest)
+        await self._whenIdle()
         if self._error is not None:
             raise self._error
         fd = self._detach()
@@ -173,6 +203,7 @@ class _FileUpload:
         return Deferred.fromCoroutine(self._abort())
 
     async def _abort(self) -> None:
+        await self._whenIdle()
         fd = self._detach()
         if fd is not None:
             os.close(fd)
@@ -193,16 +224,22 @@ class _FileUpload:
         """
         fd = self._detach()
         if fd is not None:
-            os.close(fd)
+            self._whenIdle().addCallback(lambda _: os.close(fd))
 
     def _resync(self, size: int) -> None:
         """
         Another process appended to the session: our size and running hash
         are stale.
         """
-        if size != self.size:
+        if size != self.size and not self._writing:  # our own write explains a difference
             self.size = size
             self._sha256 = None
+
+
+def _append(fd: int, data: bytes, sha256: _Hash | None) -> None:
+    writeAll(fd, data)
+    if sha256 is not None:
+        sha256.update(data)
 
 
 def _hashFile(fd: int, algorithm: str, size: int) -> _Hash:

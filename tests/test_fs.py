@@ -20,6 +20,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.task import Clock
 
+import ociklein._fsblobs
 from ociklein.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
 from ociklein.interfaces import IBlobStore, IUpload
 
@@ -302,14 +303,13 @@ async def test_writeError(
     """A failing os.write fails write(), the session refuses more, abort cleans up."""
     upload = await store.startUpload("repo")
     await upload.write(b"fine ")
-    realWrite = os.write
 
-    def failing(fd: int, data: Any) -> int:
-        if len(data) > 4:
-            return realWrite(fd, bytes(data[:4]))
+    def failing(fd: int, data: Any) -> None:
+        os.write(fd, bytes(data[:4]))  # part of the chunk lands, then the disk fails
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(os, "write", failing)
+    # Not os.write itself: the reactor's thread waker writes with it too.
+    monkeypatch.setattr(ociklein._fsblobs, "writeAll", failing)
     with pytest.raises(OSError) as raised:
         await upload.write(b"this does not fit")
     assert raised.value.errno == code
@@ -733,3 +733,49 @@ async def test_startupDoesNotScanBlobsOrRepositories(root: Path, monkeypatch: py
     FilesystemManifestBackend(str(root))
     assert "tmp" in listed  # the recording works
     assert set(listed) <= {"tmp", "uploads"}, listed
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploadWritesRunOffTheReactorThread(
+    store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appending and hashing upload data happen in a thread, never on the reactor thread."""
+    threadsSeen: list[bool] = []
+    realAppend = ociklein._fsblobs._append
+
+    def recording(fd: int, data: bytes, sha: Any) -> None:
+        threadsSeen.append(threading.current_thread() is threading.main_thread())
+        realAppend(fd, data, sha)
+
+    monkeypatch.setattr(ociklein._fsblobs, "_append", recording)
+    upload = await store.startUpload("repo")
+    await upload.write(b"a" * 100_000)
+    await upload.write(b"b" * 100_000)
+    assert threadsSeen == [False, False]
+    assert upload.size == 200_000
+    assert await upload.digest("sha256") == hashlib.sha256(b"a" * 100_000 + b"b" * 100_000).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_abortWaitsForAWriteInFlight(
+    root: Path, store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Aborting while a write runs in a thread closes the file only after that write ends."""
+    started, release = threading.Event(), threading.Event()
+    realAppend = ociklein._fsblobs._append
+
+    def slow(fd: int, data: bytes, sha: Any) -> None:
+        started.set()
+        release.wait(10)
+        realAppend(fd, data, sha)
+
+    monkeypatch.setattr(ociklein._fsblobs, "_append", slow)
+    upload = await store.startUpload("repo")
+    writing = upload.write(b"late data")
+    await threads.deferToThread(started.wait, 10)
+    aborting = upload.abort()
+    assert not aborting.called
+    release.set()
+    await writing
+    await aborting
+    assert files(root / "uploads") == set()
