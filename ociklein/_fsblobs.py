@@ -519,6 +519,9 @@ class FilesystemBlobStore:
         opened = _openWithSize(data, os.O_RDWR | os.O_APPEND)
         if opened is None:
             return None
-        upload = _FileUpload(self, uploadId, repository, *opened, None)
+        fd, size = opened
+        # An empty session's running hash is known: the common POST here,
+        # PUT with the whole blob there (another worker) needs no rehash.
+        upload = _FileUpload(self, uploadId, repository, fd, size, hashlib.sha256() if size == 0 else None)
         self._uploads[uploadId] = upload
         return upload

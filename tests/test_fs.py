@@ -779,3 +779,21 @@ async def test_abortWaitsForAWriteInFlight(
     await writing
     await aborting
     assert files(root / "uploads") == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_emptySessionOpenedElsewhereHashesAsItGoes(
+    makeStore: Callable[[], FilesystemBlobStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session started by one process and filled by another is hashed as it arrives, not read again."""
+    first, second = makeStore(), makeStore()
+    started = await first.startUpload("repo")
+    resumed = await found(second, started.uploadId)
+    data = b"whole blob in one PUT" * 1000
+    await resumed.write(data)
+
+    def noRehash(*args: Any) -> Any:
+        raise AssertionError("the upload was read back to hash it")
+
+    monkeypatch.setattr(ociklein._fsblobs, "_hashFile", noRehash)
+    assert await resumed.digest("sha256") == hashlib.sha256(data).hexdigest()
