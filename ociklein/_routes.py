@@ -24,6 +24,7 @@ from ociklein._download import BlobSender, parseRange
 from ociklein._streaming import requestBody
 from ociklein.core import Page, RegistryCore
 from ociklein.errors import OCIError
+from ociklein.interfaces import IBlobReader
 
 log = Logger()
 
@@ -257,7 +258,23 @@ class RegistryRoutes:
     # -- blobs ------------------------------------------------------------
 
     async def getBlob(self, request: IRequest, name: str, digest: str) -> bytes | None:
-        size = await self.core.blobSize(name, digest)
+        # One lookup per request: a GET opens the blob and takes its size
+        # from the reader; a HEAD only asks for the size.
+        reader = None
+        if request.method == b"HEAD":  # type: ignore[attr-defined]
+            size = await self.core.blobSize(name, digest)
+        else:
+            reader = await self.core.openBlob(name, digest)
+            size = reader.size
+        try:
+            return await self._sendBlob(request, digest, reader, size)
+        finally:
+            if reader is not None:
+                reader.close()
+
+    async def _sendBlob(
+        self, request: IRequest, digest: str, reader: IBlobReader | None, size: int
+    ) -> bytes | None:
         span = parseRange(_header(request, "Range"), size)
         headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes", "ETag": f'"{digest}"'}
         start, end = (0, size - 1) if span is None else span
@@ -268,9 +285,8 @@ class RegistryRoutes:
             request.setHeader(key, value)
         request.setHeader("Content-Type", "application/octet-stream")
         request.setHeader("Content-Length", str(end - start + 1))
-        if request.method == b"HEAD" or end < start:  # type: ignore[attr-defined]
+        if reader is None or end < start:
             return b""
-        reader = await self.core.openBlob(name, digest)
         await BlobSender(reader, start, end - start + 1, request).start()
         return None
 

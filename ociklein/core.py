@@ -101,21 +101,25 @@ class RegistryCore:
         """
         The size of a blob visible in C{name}; BLOB_UNKNOWN otherwise.
         """
-        if not isName(name) or not isSupportedDigest(digest):
-            raise errors.blobUnknown(digest)
-        if not await self.blobs.isLinked(name, digest):
-            raise errors.blobUnknown(digest)
+        await self._checkVisible(name, digest)
         size = await self.blobs.stat(digest)
         if size is None:
             raise errors.blobUnknown(digest)
         return size
 
     async def openBlob(self, name: str, digest: str) -> IBlobReader:
-        await self.blobSize(name, digest)
+        """
+        A reader of a blob visible in C{name}; its C{size} is the blob's.
+        """
+        await self._checkVisible(name, digest)
         reader = await self.blobs.open(digest)
         if reader is None:
             raise errors.blobUnknown(digest)
         return reader
+
+    async def _checkVisible(self, name: str, digest: str) -> None:
+        if not isName(name) or not isSupportedDigest(digest) or not await self.blobs.isLinked(name, digest):
+            raise errors.blobUnknown(digest)
 
     async def deleteBlob(self, name: str, digest: str) -> None:
         if not isName(name) or not isSupportedDigest(digest):

@@ -32,7 +32,7 @@ class IBlobReader(Interface):
 
     def close() -> None:
         """
-        Release the reader's resources.
+        Release the reader's resources; closing it again does nothing.
         """
 
 

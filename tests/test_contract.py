@@ -101,6 +101,7 @@ async def test_readerProvidesInterface(backends: Backends) -> None:
     assert reader is not None
     assert verifyObject(IBlobReader, reader)
     reader.close()
+    reader.close()  # a second close is harmless: the response and its sender may both close
 
 
 # Blobs
