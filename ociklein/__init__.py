@@ -4,8 +4,8 @@ ociklein: an OCI Distribution v1.1 container registry on Twisted and Klein.
 
 from ociklein.errors import OCIError
 from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, IUpload
-from ociklein.memory import MemoryBlobStore, MemoryManifestBackend
 from ociklein.registry import Registry
+from ociklein.storage.memory import MemoryBlobStore, MemoryManifestBackend
 
 __all__ = [
     "IBlobReader",

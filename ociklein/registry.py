@@ -16,13 +16,13 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from ociklein._plainhttp import RefuseTLSFactory
-from ociklein._routes import RegistryRoutes
-from ociklein._streaming import makeSite
 from ociklein._workers import listenReusingPort
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES, RegistryCore
+from ociklein.http._plainhttp import RefuseTLSFactory
+from ociklein.http._routes import RegistryRoutes
+from ociklein.http._streaming import makeSite
 from ociklein.interfaces import IBlobStore, IManifestBackend
-from ociklein.memory import MemoryBlobStore, MemoryManifestBackend
+from ociklein.storage.memory import MemoryBlobStore, MemoryManifestBackend
 
 log = Logger()
 

@@ -135,7 +135,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     backend = options["backend"]
     onStop = None
     if backend == "fs":
-        from ociklein.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
+        from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
 
         root = options["root"]
         try:

@@ -30,7 +30,7 @@ def makeBackends(kind: str, root: Path) -> tuple[Any, Any]:
     """
     if kind == "memory":
         return MemoryManifestBackend(), MemoryBlobStore()
-    from ociklein.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
+    from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
 
     prepareRoot(str(root))
     return FilesystemManifestBackend(str(root)), FilesystemBlobStore(str(root))

@@ -15,9 +15,9 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
-from ociklein.fs import FilesystemBlobStore, FilesystemManifestBackend
 from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, IUpload
-from ociklein.memory import MemoryBlobStore, MemoryManifestBackend
+from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend
+from ociklein.storage.memory import MemoryBlobStore, MemoryManifestBackend
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -20,9 +20,9 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.task import Clock
 
-import ociklein._fsblobs
-from ociklein.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
+import ociklein.storage.fs._blobs
 from ociklein.interfaces import IBlobStore, IUpload
+from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 TTL = 100.0
@@ -309,7 +309,7 @@ async def test_writeError(
         raise OSError(code, os.strerror(code))
 
     # Not os.write itself: the reactor's thread waker writes with it too.
-    monkeypatch.setattr(ociklein._fsblobs, "writeAll", failing)
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "writeAll", failing)
     with pytest.raises(OSError) as raised:
         await upload.write(b"this does not fit")
     assert raised.value.errno == code
@@ -670,7 +670,7 @@ async def test_unresumableUploadCommits(root: Path, store: FilesystemBlobStore) 
 
 def test_sortedListingsReadAStillDirectoryOnce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A directory that has not changed for a second is listed once, however many pages are read."""
-    from ociklein import _fsutil
+    from ociklein.storage.fs import _listing as _fsutil
 
     directory = tmp_path / "tags"
     directory.mkdir()
@@ -698,7 +698,7 @@ def test_sortedListingsReadAStillDirectoryOnce(tmp_path: Path, monkeypatch: pyte
 def test_sortedListingsDoNotKeepARecentlyChangedDirectory(tmp_path: Path) -> None:
     """A directory changed within the last second is listed afresh each time, so a second change
     in the same timestamp tick by another process is never hidden."""
-    from ociklein import _fsutil
+    from ociklein.storage.fs import _listing as _fsutil
 
     directory = tmp_path / "tags"
     directory.mkdir()
@@ -741,13 +741,13 @@ async def test_uploadWritesRunOffTheReactorThread(
 ) -> None:
     """Appending and hashing upload data happen in a thread, never on the reactor thread."""
     threadsSeen: list[bool] = []
-    realAppend = ociklein._fsblobs._append
+    realAppend = ociklein.storage.fs._blobs._append
 
     def recording(fd: int, data: bytes, sha: Any) -> None:
         threadsSeen.append(threading.current_thread() is threading.main_thread())
         realAppend(fd, data, sha)
 
-    monkeypatch.setattr(ociklein._fsblobs, "_append", recording)
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "_append", recording)
     upload = await store.startUpload("repo")
     await upload.write(b"a" * 100_000)
     await upload.write(b"b" * 100_000)
@@ -762,14 +762,14 @@ async def test_abortWaitsForAWriteInFlight(
 ) -> None:
     """Aborting while a write runs in a thread closes the file only after that write ends."""
     started, release = threading.Event(), threading.Event()
-    realAppend = ociklein._fsblobs._append
+    realAppend = ociklein.storage.fs._blobs._append
 
     def slow(fd: int, data: bytes, sha: Any) -> None:
         started.set()
         release.wait(10)
         realAppend(fd, data, sha)
 
-    monkeypatch.setattr(ociklein._fsblobs, "_append", slow)
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "_append", slow)
     upload = await store.startUpload("repo")
     writing = upload.write(b"late data")
     await threads.deferToThread(started.wait, 10)
@@ -795,5 +795,5 @@ async def test_emptySessionOpenedElsewhereHashesAsItGoes(
     def noRehash(*args: Any) -> Any:
         raise AssertionError("the upload was read back to hash it")
 
-    monkeypatch.setattr(ociklein._fsblobs, "_hashFile", noRehash)
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "_hashFile", noRehash)
     assert await resumed.digest("sha256") == hashlib.sha256(data).hexdigest()

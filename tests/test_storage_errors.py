@@ -17,8 +17,8 @@ import pytest_twisted
 from conftest import StubClient, makeBackends, serve
 from helpers import OCI_MANIFEST, digestOf, errorCode, imageManifest, pushBlob
 
-import ociklein._fsblobs
-import ociklein._fsmanifests
+import ociklein.storage.fs._blobs
+import ociklein.storage.fs._manifests
 from ociklein import Registry
 
 
@@ -57,7 +57,7 @@ async def test_failed_write_during_upload(
 ) -> None:
     """A write failing mid-upload answers 507 with JSON, keeps no partial data, and reads go on."""
     kept = await pushBlob(fsClient, "repo", b"already here")
-    monkeypatch.setattr(ociklein._fsblobs, "writeAll", _fail(code))
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "writeAll", _fail(code))
     data = b"x" * 100_000
     response = await fsClient.request("POST", f"/v2/repo/blobs/uploads/?digest={digestOf(data)}", data=data)
     assert response.code == 507
@@ -79,7 +79,7 @@ async def test_failed_publish(fsClient: Any, root: Path, monkeypatch: pytest.Mon
     ]
     data = b"chunked data" * 1000
     assert (await fsClient.request("PATCH", location, data=data)).code == 202
-    monkeypatch.setattr(ociklein._fsblobs, "_publish", _fail(errno.EIO))
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "_publish", _fail(errno.EIO))
     response = await fsClient.request("PUT", f"{location}?digest={digestOf(data)}")
     assert response.code == 507
     assert errorCode(response)
@@ -94,7 +94,7 @@ async def test_failed_manifest_write(fsClient: Any, monkeypatch: pytest.MonkeyPa
     """A full disk while storing a manifest answers 507 with JSON; the tag does not appear."""
     await pushBlob(fsClient, "repo", b"{}")
     manifest = json.dumps(imageManifest(b"{}", [])).encode()
-    monkeypatch.setattr(ociklein._fsmanifests, "atomicWrite", _fail(errno.ENOSPC))
+    monkeypatch.setattr(ociklein.storage.fs._manifests, "atomicWrite", _fail(errno.ENOSPC))
     response = await fsClient.request(
         "PUT", "/v2/repo/manifests/v1", data=manifest, headers={"Content-Type": OCI_MANIFEST}
     )

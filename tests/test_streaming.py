@@ -15,8 +15,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ociklein._body import _HIGH_WATER, BodyPipe, FileBody, readAtMost
-from ociklein._download import READ_SIZE, BlobSender
 from ociklein.errors import OCIError
+from ociklein.http._download import READ_SIZE, BlobSender
 from ociklein.interfaces import IBlobReader
 
 

@@ -20,10 +20,10 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
 from ociklein import errors
-from ociklein._download import BlobSender, parseRange
-from ociklein._streaming import requestBody
 from ociklein.core import Page, RegistryCore
 from ociklein.errors import OCIError
+from ociklein.http._download import BlobSender, parseRange
+from ociklein.http._streaming import requestBody
 from ociklein.interfaces import IBlobReader
 
 log = Logger()

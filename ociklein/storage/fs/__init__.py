@@ -6,8 +6,8 @@ root never sees a torn file.  The layout is described in docs/storage.md.
 
 from __future__ import annotations
 
-from ociklein._fsblobs import FilesystemBlobStore
-from ociklein._fsmanifests import FilesystemManifestBackend
-from ociklein._fsutil import prepareRoot
+from ociklein.storage.fs._blobs import FilesystemBlobStore
+from ociklein.storage.fs._manifests import FilesystemManifestBackend
+from ociklein.storage.fs._root import prepareRoot
 
 __all__ = ["FilesystemBlobStore", "FilesystemManifestBackend", "prepareRoot"]

@@ -17,27 +17,24 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
-from ociklein._fsutil import (
-    SortedListings,
-    atomicWrite,
+from ociklein.interfaces import IManifestBackend
+from ociklein.storage._threads import inThread, resolveReactor
+from ociklein.storage.fs._durable import atomicWrite, fsyncDir, removeDurably
+from ociklein.storage.fs._listing import SortedListings
+from ociklein.storage.fs._paths import (
     catalogName,
     catalogPath,
     checkDigest,
     checkRepository,
     checkTag,
     digestPath,
-    fsyncDir,
-    inThread,
     isDigest,
     isRepository,
     isTag,
     page,
-    prepareRoot,
-    removeDurably,
     repositoryPath,
-    resolveReactor,
 )
-from ociklein.interfaces import IManifestBackend
+from ociklein.storage.fs._root import prepareRoot
 
 _REFERRER = re.compile(r"(sha256|sha512)-([a-f0-9]+)\.json")
 _HEADER_LIMIT = 65536

@@ -23,26 +23,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ociklein._fsutil import (
+from ociklein.interfaces import IBlobReader, IBlobStore, IUpload
+from ociklein.storage._threads import inThread, resolveReactor
+from ociklein.storage.fs._durable import atomicWrite, discardDir, ensureDir, fsyncDir, removeDurably, writeAll
+from ociklein.storage.fs._paths import (
     UPLOAD_ID,
     UPLOAD_SUFFIX,
-    atomicWrite,
     blobPath,
     checkDigest,
     checkRepository,
-    cleanTmp,
     digestPath,
-    discardDir,
-    ensureDir,
-    fsyncDir,
-    inThread,
-    prepareRoot,
-    removeDurably,
     repositoryPath,
-    resolveReactor,
-    writeAll,
 )
-from ociklein.interfaces import IBlobReader, IBlobStore, IUpload
+from ociklein.storage.fs._root import cleanTmp, prepareRoot
 
 if TYPE_CHECKING:
     from hashlib import _Hash

@@ -1,0 +1,122 @@
+"""
+Crash-safe file operations: every write is a temp file, fsync, rename, then
+an fsync of the directory, so a reader, another process or a power cut sees
+the old file or the new one, never a torn or missing one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+
+from ociklein.storage.fs._paths import DISCARDED
+
+
+def writeAll(fd: int, data: bytes) -> None:
+    """
+    C{os.write} until every byte is written; a short write is not an error.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fsyncDir(path: str) -> None:
+    """
+    Make a rename, creation or removal in C{path} durable.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensureDir(path: str) -> None:
+    """
+    Create C{path} and missing parents, fsyncing each parent so the new
+    directory survives a crash.  Racing creators are fine.
+    """
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    ensureDir(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    fsyncDir(parent)
+
+
+def createTemp(root: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """
+    A new file in C{root/tmp}, with a random name and C{O_EXCL} so that
+    processes sharing the root never write the same temp file.
+    """
+    while True:
+        path = os.path.join(root, "tmp", secrets.token_hex(16) + suffix)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        return fd, path
+
+
+def removeQuietly(path: str) -> None:
+    """
+    Remove a file that may already be gone.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def atomicWrite(root: str, path: str, data: bytes) -> None:
+    """
+    Replace C{path} with C{data} so that a reader, another process or a
+    crash sees the old file or the new one, never a torn or missing one.
+    """
+    fd, temp = createTemp(root)
+    try:
+        try:
+            writeAll(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        parent = os.path.dirname(path)
+        ensureDir(parent)
+        os.rename(temp, path)
+    except BaseException:
+        removeQuietly(temp)
+        raise
+    fsyncDir(parent)
+
+
+def removeDurably(path: str) -> bool:
+    """
+    Remove the file C{path}; L{False} if it was not there.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsyncDir(os.path.dirname(path))
+    return True
+
+
+def discardDir(root: str, path: str) -> bool:
+    """
+    Make directory C{path} vanish at once by renaming it into tmp/, then
+    remove it; L{False} if it was already gone.
+    """
+    hidden = os.path.join(root, "tmp", secrets.token_hex(16) + DISCARDED)
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(hidden, ignore_errors=True)
+    return True
