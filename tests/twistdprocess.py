@@ -51,7 +51,10 @@ class TwistdRegistry:
         Start and wait until it listens; a port taken by someone else
         between choosing and binding it is retried.
         """
-        twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
+        # The twistd beside this interpreter first: a virtualenv's own copy,
+        # even when its bin/ is not on PATH.
+        beside = os.path.join(os.path.dirname(sys.executable), "twistd")
+        twistd = beside if os.path.exists(beside) else shutil.which("twistd") or "twistd"
         for _ in range(3):
             self.port = freePort()
             listen = f"tcp:{self.port}:interface=127.0.0.1"
