@@ -1,0 +1,5 @@
+import sys
+
+from ociklein.cli import main
+
+sys.exit(main())
