@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +17,15 @@ from twisted.logger import Logger
 from ociklein import errors
 from ociklein._body import Body, readAtMost
 from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, IUpload
-from ociklein.manifests import OCI_INDEX, parseManifest
+from ociklein.manifests import OCI_INDEX, Manifest, parseManifest
 from ociklein.names import isDigestShaped, isName, isSupportedDigest, isTag
 
 DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10000
+# Tags one manifest PUT may apply with ?tag= (the spec asks for at least 10;
+# 100 tags of 128 characters still fit the request line twisted.web takes).
+MAX_TAGS_PER_PUSH = 100
 
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 
@@ -37,6 +41,18 @@ class StoredManifest:
     mediaType: str
     content: bytes
     digest: str
+
+
+@dataclass
+class PushedManifest:
+    """
+    What a manifest PUT stored: the digest, the subject it names, and the
+    tags the C{tag} query parameters pointed at it.
+    """
+
+    digest: str
+    subject: str | None
+    tags: list[str]
 
 
 @dataclass
@@ -65,11 +81,16 @@ class RegistryCore:
         blobs: IBlobStore,
         maxManifestBytes: int = DEFAULT_MAX_MANIFEST_BYTES,
         defaultPageSize: int = DEFAULT_PAGE_SIZE,
+        allowSparseManifests: bool = False,
     ) -> None:
         self.manifests = manifests
         self.blobs = blobs
         self.maxManifestBytes = maxManifestBytes
         self.defaultPageSize = defaultPageSize
+        # Mirrors copy an index without its children (skopeo's
+        # --multi-arch index-only): the spec lets a registry accept
+        # manifests that reference content it does not hold.
+        self.allowSparseManifests = allowSparseManifests
         self._busyUploads: set[str] = set()
 
     # -- validation -------------------------------------------------------
@@ -243,11 +264,30 @@ class RegistryCore:
             raise errors.manifestUnknown(reference)
         return StoredManifest(found[0], found[1], digest)
 
-    async def putManifest(
-        self, name: str, reference: str, contentType: str | None, body: Body
-    ) -> tuple[str, str | None]:
+    @staticmethod
+    def _checkTags(isDigest: bool, tags: Sequence[str]) -> list[str]:
         """
-        Validate and store a manifest; return its digest and its subject.
+        The distinct tags of a push's C{tag} query parameters, in order; any
+        invalid one refuses the whole push before anything is read or stored.
+        """
+        if not tags:
+            return []
+        if not isDigest:
+            raise errors.tagInvalid(tags[0], "tag parameters need a digest reference")
+        distinct = list(dict.fromkeys(tags))
+        if len(distinct) > MAX_TAGS_PER_PUSH:
+            raise errors.tagsTooMany(len(distinct), MAX_TAGS_PER_PUSH)
+        for tag in distinct:
+            if not isTag(tag):
+                raise errors.tagInvalid(tag)
+        return distinct
+
+    async def putManifest(
+        self, name: str, reference: str, contentType: str | None, body: Body, tags: Sequence[str] = ()
+    ) -> PushedManifest:
+        """
+        Validate and store a manifest, then point C{tags} (only with a
+        digest C{reference}) at it.
         """
         self.checkName(name)
         isDigest = ":" in reference
@@ -255,17 +295,14 @@ class RegistryCore:
             self.checkDigest(reference)
         elif not isTag(reference):
             raise errors.tagInvalid(reference)
+        tags = self._checkTags(isDigest, tags)
         content = await readAtMost(body, self.maxManifestBytes)
         digest = computeDigest(content, reference.partition(":")[0] if isDigest else "sha256")
         if isDigest and digest != reference:
             raise errors.digestInvalid(f"manifest hashes to {digest}", reference)
         manifest = parseManifest(content, contentType)
-        for blob in manifest.blobs:
-            if not isSupportedDigest(blob) or not await self.blobs.isLinked(name, blob):
-                raise errors.manifestBlobUnknown(blob)
-        for child in manifest.children:
-            if not isSupportedDigest(child) or await self.manifests.getManifest(name, child) is None:
-                raise errors.manifestBlobUnknown(child)
+        if not self.allowSparseManifests:
+            await self._checkReferenced(name, manifest)
         descriptor: dict[str, Any] = {
             "mediaType": manifest.mediaType,
             "digest": digest,
@@ -281,9 +318,20 @@ class RegistryCore:
             await self.manifests.putManifest(
                 name, digest, manifest.mediaType, content, manifest.subject, descriptor
             )
-        if not isDigest:
-            await self.manifests.setTag(name, reference, digest)
-        return digest, manifest.subject
+        for tag in tags if isDigest else [reference]:
+            await self.manifests.setTag(name, tag, digest)
+        return PushedManifest(digest, manifest.subject, tags)
+
+    async def _checkReferenced(self, name: str, manifest: Manifest) -> None:
+        """
+        Refuse a manifest whose blobs or child manifests C{name} lacks.
+        """
+        for blob in manifest.blobs:
+            if not isSupportedDigest(blob) or not await self.blobs.isLinked(name, blob):
+                raise errors.manifestBlobUnknown(blob)
+        for child in manifest.children:
+            if not isSupportedDigest(child) or await self.manifests.getManifest(name, child) is None:
+                raise errors.manifestBlobUnknown(child)
 
     async def deleteManifest(self, name: str, reference: str) -> None:
         """

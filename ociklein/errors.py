@@ -77,8 +77,14 @@ def nameUnknown(name: str) -> OCIError:
     return OCIError(404, "NAME_UNKNOWN", "repository name not known to registry", {"name": name})
 
 
-def tagInvalid(tag: str) -> OCIError:
-    return OCIError(400, "TAG_INVALID", "manifest tag did not match URI", {"tag": tag})
+def tagInvalid(tag: str, reason: str = "not a tag of the spec's grammar") -> OCIError:
+    return OCIError(400, "TAG_INVALID", "manifest tag did not match URI", {"tag": tag, "reason": reason})
+
+
+def tagsTooMany(count: int, limit: int) -> OCIError:
+    return OCIError(
+        414, "TAG_INVALID", "too many tags in one request", {"reason": f"{count} tags, at most {limit}"}
+    )
 
 
 def sizeInvalid(reason: str, status: int = 400) -> OCIError:

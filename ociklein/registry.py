@@ -31,6 +31,9 @@ class Registry:
     """
     An OCI Distribution v1.1 registry over an L{IManifestBackend} and an
     L{IBlobStore}; in memory when none are given.
+
+    With C{allowSparseManifests}, a manifest may reference blobs and child
+    manifests the repository does not hold (as mirrors need).
     """
 
     def __init__(
@@ -39,11 +42,13 @@ class Registry:
         blobs: IBlobStore | None = None,
         *,
         maxManifestBytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+        allowSparseManifests: bool = False,
     ) -> None:
         self.core = RegistryCore(
             manifests if manifests is not None else MemoryManifestBackend(),
             blobs if blobs is not None else MemoryBlobStore(),
             maxManifestBytes=maxManifestBytes,
+            allowSparseManifests=allowSparseManifests,
         )
         self._routes = RegistryRoutes(self.core)
 

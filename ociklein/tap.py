@@ -29,7 +29,11 @@ DEFAULTS: dict[str, Any] = {
     "upload-ttl": 86400.0,
     "access-log": True,
     "workers": 1,
+    # Optional parts of the distribution spec: a switch on the command line,
+    # yes or no in the file.
+    "allow-sparse-manifests": False,
 }
+_SWITCHES = ("allow-sparse-manifests",)
 _CONVERT = {"max-manifest-bytes": int, "upload-ttl": float, "workers": int}
 _BOOLEANS = {
     "yes": True,
@@ -64,7 +68,10 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
 
-    optFlags = [["worker", None, "(internal) Serve as a worker started by another ociregistry process."]]
+    optFlags = [
+        ["worker", None, "(internal) Serve as a worker started by another ociregistry process."],
+        ["allow-sparse-manifests", None, "Accept manifests naming blobs or manifests the repository lacks."],
+    ]
 
     def opt_listen(self, description: str) -> None:
         """
@@ -95,7 +102,7 @@ class Options(usage.Options):
         fromFile = self._fromFile(self["config"]) if self["config"] else {}
         for key, default in DEFAULTS.items():
             given = self[key] if key in self else None
-            if given in (None, []):
+            if given in (None, []) or (key in _SWITCHES and not given):
                 self[key] = fromFile.get(key, default)
         for key, convert in _CONVERT.items():
             try:
@@ -104,11 +111,12 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be a number, not {self[key]!r}") from None
             if not self[key] > 0:  # also refuses nan
                 raise usage.UsageError(f"--{key} must be positive")
-        if not isinstance(self["access-log"], bool):
-            flag = _BOOLEANS.get(str(self["access-log"]).strip().lower())
-            if flag is None:
-                raise usage.UsageError(f"--access-log must be yes or no, not {self['access-log']!r}")
-            self["access-log"] = flag
+        for key in ("access-log", *_SWITCHES):
+            if not isinstance(self[key], bool):
+                flag = _BOOLEANS.get(str(self[key]).strip().lower())
+                if flag is None:
+                    raise usage.UsageError(f"--{key} must be yes or no, not {self[key]!r}")
+                self[key] = flag
         if self["backend"] not in ("memory", "fs"):
             raise usage.UsageError(f"--backend must be memory or fs, not {self['backend']!r}")
         from twisted.internet import reactor
@@ -128,6 +136,24 @@ class Options(usage.Options):
                     raise usage.UsageError(f"--workers above 1 needs tcp: endpoints, not {description!r}")
 
 
+def _registryOptions(options: Options | dict[str, Any]) -> dict[str, Any]:
+    """
+    The L{Registry} keyword arguments the options give.
+    """
+    return {
+        "maxManifestBytes": options["max-manifest-bytes"],
+        "allowSparseManifests": bool(options.get("allow-sparse-manifests", False)),
+    }
+
+
+def _switchArguments(options: Options | dict[str, Any]) -> list[str]:
+    """
+    The command-line flags that hand the spec's optional parts switched on
+    to a worker process.
+    """
+    return [f"--{key}" for key in _SWITCHES if options.get(key)]
+
+
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IService:
     """
     The registry service the options describe.
@@ -144,11 +170,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             raise usage.UsageError(f"--root {root}: {e}") from None
         blobs = FilesystemBlobStore(root, reactor=reactor, uploadTTL=options["upload-ttl"])
         manifests = FilesystemManifestBackend(root, reactor=reactor)
-        registry = Registry(manifests, blobs, maxManifestBytes=options["max-manifest-bytes"])
+        registry = Registry(manifests, blobs, **_registryOptions(options))
         onStop = blobs.close
         log.info("ociklein backend: fs, root: {root}", root=root)
     else:
-        registry = Registry(maxManifestBytes=options["max-manifest-bytes"])
+        registry = Registry(**_registryOptions(options))
         log.warn("ociklein backend: memory; every image is lost when the process exits")
     top = MultiService()
     accessLog = options.get("access-log", True)
@@ -167,6 +193,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             f"--max-manifest-bytes={options['max-manifest-bytes']}",
             f"--upload-ttl={options['upload-ttl']}",
             f"--access-log={'yes' if accessLog else 'no'}",
+            *_switchArguments(options),
         ]
         if reactor is None:
             from twisted.internet import reactor

@@ -23,7 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.python.usage import UsageError
 from zope.interface.verify import verifyObject
 
-from ociklein.tap import DEFAULTS, SECTION, Options, makeService
+from ociklein.tap import DEFAULTS, SECTION, Options, _switchArguments, makeService
 
 TAP_CFG = Path(__file__).resolve().parent.parent / "tap.cfg"
 TWISTD = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -36,6 +36,7 @@ EXPECTED_DEFAULTS = {
     "upload-ttl": 86400.0,
     "access-log": True,
     "workers": 1,
+    "allow-sparse-manifests": False,
 }
 
 
@@ -88,6 +89,7 @@ def test_config_file(tmp_path: Path) -> None:
             "upload-ttl": 2.5,
             "access-log": False,
             "workers": 1,
+            "allow-sparse-manifests": False,
         }
 
 
@@ -105,6 +107,7 @@ def test_precedence(tmp_path: Path) -> None:
         "upload-ttl": 86400.0,
         "access-log": True,
         "workers": 1,
+        "allow-sparse-manifests": False,
     }
     assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
     assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]
@@ -143,6 +146,7 @@ _BAD: list[tuple[list[str], str | None, str]] = [
     (["--listen", "ssl:5443:privateKey=/nonexistent/key.pem"], None, "bad --listen 'ssl:5443"),
     ([], f"[{SECTION}]\nlisten = tcp:5000 nope:1\n", "bad --listen 'nope:1'"),
     ([], f"[{SECTION}]\nlisten =\n", "--listen needs at least one endpoint"),
+    ([], f"[{SECTION}]\nallow-sparse-manifests = perhaps\n", "--allow-sparse-manifests must be yes or no"),
 ]
 
 
@@ -263,3 +267,23 @@ def test_access_log_flag(tmp_path: Path, given: str, expected: bool) -> None:
     assert parse(f"--access-log={given}")["access-log"] is expected
     path = writeConfig(tmp_path, f"[{SECTION}]\naccess-log = {given}\n")
     assert parse("--config", path)["access-log"] is expected
+
+
+# -- switches for the spec's optional parts --------------------------------
+
+
+@pytest.mark.parametrize("switch", ["allow-sparse-manifests"])
+def test_switches(tmp_path: Path, switch: str) -> None:
+    """A switch is off by default, on by flag or by yes in the file; the flag beats the file's no."""
+    assert parse()[switch] is False
+    assert parse(f"--{switch}")[switch] is True
+    for text, expected in (("yes", True), ("on", True), ("no", False), ("off", False)):
+        path = writeConfig(tmp_path, f"[{SECTION}]\n{switch} = {text}\n")
+        assert parse("--config", path)[switch] is expected
+        assert parse("--config", path, f"--{switch}")[switch] is True
+
+
+def test_switches_reach_workers() -> None:
+    """The switches turned on are handed to worker processes as flags."""
+    assert _switchArguments(parse()) == []
+    assert _switchArguments(parse("--allow-sparse-manifests")) == ["--allow-sparse-manifests"]

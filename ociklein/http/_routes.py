@@ -49,9 +49,14 @@ def _header(request: IRequest, name: str) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
+def _args(request: IRequest, name: str) -> list[str]:
+    values = request.args.get(name.encode(), [])  # type: ignore[attr-defined]
+    return [value.decode("utf-8", "replace") for value in values]
+
+
 def _arg(request: IRequest, name: str) -> str | None:
-    values = request.args.get(name.encode())  # type: ignore[attr-defined]
-    return None if not values else values[0].decode("utf-8", "replace")
+    values = _args(request, name)
+    return values[0] if values else None
 
 
 def _respond(
@@ -60,10 +65,18 @@ def _respond(
     headers: dict[str, str] | None = None,
     body: bytes = b"",
     contentType: str | None = None,
+    repeated: dict[str, list[str]] | None = None,
 ) -> bytes:
+    """
+    Answer with C{headers}, one header line per value of C{repeated}, and
+    C{body} with its type and length.
+    """
     request.setResponseCode(status)
     for key, value in (headers or {}).items():
         request.setHeader(key, value)
+    for key, values in (repeated or {}).items():
+        if values:
+            request.responseHeaders.setRawHeaders(key, values)
     if contentType is not None:
         request.setHeader("Content-Type", contentType)
     request.setHeader("Content-Length", str(len(body)))
@@ -243,13 +256,14 @@ class RegistryRoutes:
         return body
 
     async def putManifest(self, request: IRequest, name: str, reference: str) -> bytes:
-        digest, subject = await self.core.putManifest(
-            name, reference, _header(request, "Content-Type"), requestBody(request)
+        pushed = await self.core.putManifest(
+            name, reference, _header(request, "Content-Type"), requestBody(request), _args(request, "tag")
         )
+        digest = pushed.digest
         headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
-        if subject is not None:
-            headers["OCI-Subject"] = subject
-        return _respond(request, 201, headers)
+        if pushed.subject is not None:
+            headers["OCI-Subject"] = pushed.subject
+        return _respond(request, 201, headers, repeated={"OCI-Tag": pushed.tags})
 
     async def deleteManifest(self, request: IRequest, name: str, reference: str) -> bytes:
         await self.core.deleteManifest(name, reference)
