@@ -5,6 +5,7 @@ once, between the HTTP routes and the storage contracts.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import re
@@ -18,7 +19,7 @@ from ociklein import errors
 from ociklein._body import Body, readAtMost
 from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, IUpload
 from ociklein.manifests import OCI_INDEX, Manifest, parseManifest
-from ociklein.names import isDigestShaped, isName, isSupportedDigest, isTag
+from ociklein.names import decimal, isDigestShaped, isName, isSupportedDigest, isTag
 
 DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 1000
@@ -27,7 +28,15 @@ MAX_PAGE_SIZE = 10000
 # 100 tags of 128 characters still fit the request line twisted.web takes).
 MAX_TAGS_PER_PUSH = 100
 
-_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
+
+# What holds an upload session (see RegistryCore._claim).
+_WRITING = "PATCH"
+_FINISHING = "PUT"
+_CANCELLING = "DELETE"
+
+# Failures that leave a session as it was: no byte of the chunk was written.
+_NOTHING_WRITTEN = frozenset({errno.EMFILE, errno.ENFILE})
 
 log = Logger()
 
@@ -66,6 +75,10 @@ class Page:
     limit: int
 
 
+def _busyElsewhere() -> errors.OCIError:
+    return errors.blobUploadInvalid("another process is writing to this upload", 416)
+
+
 def computeDigest(content: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, content).hexdigest()}"
 
@@ -91,7 +104,7 @@ class RegistryCore:
         # --multi-arch index-only): the spec lets a registry accept
         # manifests that reference content it does not hold.
         self.allowSparseManifests = allowSparseManifests
-        self._busyUploads: set[str] = set()
+        self._claims: dict[str, str] = {}
 
     # -- validation -------------------------------------------------------
 
@@ -161,56 +174,127 @@ class RegistryCore:
 
     # -- uploads ----------------------------------------------------------
 
+    def _claim(self, uploadId: str, what: str) -> None:
+        """
+        Reserve session C{uploadId} for one request, or refuse at once.
+
+        Taken before the request's first await and held until it ends, so
+        that nothing appends to a session whose finishing PUT has checked
+        its digest, and no two requests ever write one session.
+        """
+        busy = self._claims.get(uploadId)
+        if busy == _WRITING:
+            raise errors.blobUploadInvalid("another request is writing to this upload", 416)
+        if busy is not None:
+            raise errors.blobUploadUnknown(uploadId)  # being finished or cancelled
+        self._claims[uploadId] = what
+
     async def startUpload(self, name: str, resumable: bool = True) -> IUpload:
         self.checkName(name)
-        return await self.blobs.startUpload(name, resumable)
+        upload = await self.blobs.startUpload(name, resumable)
+        if resumable:
+            upload.close()  # a session holds nothing between requests
+        return upload
 
     async def getUpload(self, name: str, uploadId: str) -> IUpload:
         """
         The session C{uploadId}, which must belong to C{name}.
         """
         self.checkName(name)
-        upload = await self.blobs.getUpload(uploadId)
+        try:
+            upload = await self.blobs.getUpload(uploadId)
+        except BlockingIOError:
+            raise _busyElsewhere() from None
         if upload is None or upload.repository != name:
             raise errors.blobUploadUnknown(uploadId)
         return upload
 
-    async def appendToUpload(
-        self, upload: IUpload, body: Body, contentRange: str | None = None, abortOnLoss: bool = False
-    ) -> int:
+    async def uploadSize(self, name: str, uploadId: str) -> int:
+        """
+        How many bytes session C{uploadId} holds.
+        """
+        return (await self.getUpload(name, uploadId)).size
+
+    async def appendChunk(self, name: str, uploadId: str, body: Body, contentRange: str | None = None) -> int:
+        """
+        A PATCH: stream C{body} into session C{uploadId}; its new size.
+        """
+        self._claim(uploadId, _WRITING)
+        upload = None
+        try:
+            upload = await self.getUpload(name, uploadId)
+            return await self._append(upload, body, contentRange)
+        except BlockingIOError:
+            raise _busyElsewhere() from None
+        finally:
+            self._release(uploadId, upload)
+
+    async def finishChunked(
+        self, name: str, uploadId: str, digest: str | None, body: Body, contentRange: str | None = None
+    ) -> None:
+        """
+        The finishing PUT: append its body, verify C{digest}, publish.  The
+        session is locked from the start, so no PATCH can slip in between
+        the digest check and the publication.
+        """
+        self._claim(uploadId, _FINISHING)
+        upload = None
+        try:
+            upload = await self.getUpload(name, uploadId)
+            if digest is None:
+                raise errors.digestInvalid("the digest query parameter is required")
+            await self._append(upload, body, contentRange)
+            await self._finish(name, upload, digest)
+        except BlockingIOError:
+            raise _busyElsewhere() from None
+        finally:
+            self._release(uploadId, upload)
+
+    async def cancelUpload(self, name: str, uploadId: str) -> None:
+        """
+        A DELETE of session C{uploadId}: its data is discarded.
+        """
+        self._claim(uploadId, _CANCELLING)
+        upload = None
+        try:
+            upload = await self.getUpload(name, uploadId)
+            await upload.abort()
+        finally:
+            self._release(uploadId, upload)
+
+    def _release(self, uploadId: str, upload: IUpload | None) -> None:
+        del self._claims[uploadId]
+        if upload is not None:
+            upload.close()
+
+    async def _append(self, upload: IUpload, body: Body, contentRange: str | None = None) -> int:
         """
         Stream C{body} into C{upload}; return the session's new size.
 
         A chunk that does not start where the session ends is refused (416).
-        An I/O failure of the store aborts the session (507).
+        A failed write ends the session, whose data may be torn.
         """
         if contentRange is not None:
             match = _CONTENT_RANGE.fullmatch(contentRange.strip())
             if match is None:
                 raise errors.blobUploadInvalid(f"malformed Content-Range {contentRange!r}", 416)
-            start, end = int(match.group(1)), int(match.group(2))
+            start, end = decimal(match.group(1)), decimal(match.group(2))
             if start != upload.size or end < start:
                 raise errors.blobUploadInvalid(
                     f"chunk {start}-{end} does not follow {upload.size} bytes already received", 416
                 )
-        if upload.uploadId in self._busyUploads:
-            raise errors.blobUploadInvalid("another request is writing to this upload", 416)
-        self._busyUploads.add(upload.uploadId)
         try:
             await body.deliverTo(upload.write)
+        except BlockingIOError:
+            raise  # another process holds the session: nothing was written
         except OSError as e:
             log.failure("upload {uploadId} failed to store", uploadId=upload.uploadId)
-            await upload.abort()
-            raise errors.storageFull(e.strerror or str(e)) from None
-        except Exception:
-            if abortOnLoss:
-                await upload.abort()
-            raise
-        finally:
-            self._busyUploads.discard(upload.uploadId)
+            if e.errno not in _NOTHING_WRITTEN:
+                await self._abortQuietly(upload)
+            raise errors.forOSError(e) from None
         return upload.size
 
-    async def finishUpload(self, name: str, upload: IUpload, digest: str) -> None:
+    async def _finish(self, name: str, upload: IUpload, digest: str) -> None:
         """
         Verify the session's data against C{digest}, then publish the blob in
         C{name}.  On a mismatch nothing is stored and the session is ended.
@@ -227,20 +311,37 @@ class RegistryCore:
             raise errors.digestInvalid(f"content hashes to {algorithm}:{actual}", digest)
         try:
             await upload.commit(digest)
+        except BlockingIOError:
+            raise
         except OSError as e:
             log.failure("upload {uploadId} failed to publish", uploadId=upload.uploadId)
-            await upload.abort()
-            raise errors.storageFull(e.strerror or str(e)) from None
+            await self._abortQuietly(upload)
+            raise errors.forOSError(e) from None
         await self.blobs.link(name, digest)
+
+    @staticmethod
+    async def _abortQuietly(upload: IUpload) -> None:
+        try:
+            await upload.abort()
+        except OSError:
+            log.failure("upload {uploadId} could not be discarded", uploadId=upload.uploadId)
 
     async def uploadBlob(self, name: str, digest: str, body: Body) -> None:
         """
-        A monolithic upload: the whole blob in one request.
+        A monolithic upload: the whole blob in one request.  Its session
+        has an id no client knows; it ends with the request, however that
+        ends.
         """
         self.checkDigest(digest)
         upload = await self.startUpload(name, resumable=False)
-        await self.appendToUpload(upload, body, abortOnLoss=True)
-        await self.finishUpload(name, upload, digest)
+        try:
+            await self._append(upload, body)
+            await self._finish(name, upload, digest)
+        except BaseException:
+            await self._abortQuietly(upload)
+            raise
+        finally:
+            upload.close()
 
     # -- manifests --------------------------------------------------------
 
@@ -301,6 +402,8 @@ class RegistryCore:
         if isDigest and digest != reference:
             raise errors.digestInvalid(f"manifest hashes to {digest}", reference)
         manifest = parseManifest(content, contentType)
+        if manifest.subject is not None and not isSupportedDigest(manifest.subject):
+            raise errors.manifestInvalid(f"subject.digest {manifest.subject!r} is not a supported digest")
         if not self.allowSparseManifests:
             await self._checkReferenced(name, manifest)
         descriptor: dict[str, Any] = {
@@ -353,7 +456,7 @@ class RegistryCore:
             return self.defaultPageSize
         if not (n.isascii() and n.isdigit()):
             raise errors.paginationInvalid(f"n={n!r} is not a non-negative integer")
-        return min(int(n), MAX_PAGE_SIZE)
+        return min(decimal(n), MAX_PAGE_SIZE)
 
     @staticmethod
     def _page(items: list[str], limit: int) -> Page:
@@ -380,8 +483,7 @@ class RegistryCore:
         """
         The image index of manifests whose subject is C{digest}.
         """
-        if not isDigestShaped(digest):
-            raise errors.digestInvalid("malformed digest", digest)
+        self.checkDigest(digest)
         descriptors = await self.manifests.referrers(name, digest) if isName(name) else []
         if artifactType is not None:
             descriptors = [d for d in descriptors if d.get("artifactType") == artifactType]

@@ -5,6 +5,7 @@ rendered by the HTTP layer as the spec's JSON error body.
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
@@ -106,3 +107,34 @@ def unsupported(reason: str, status: int = 405, allow: list[str] | None = None) 
 
 def storageFull(reason: str) -> OCIError:
     return OCIError(507, "UNSUPPORTED", "the registry cannot store the data", {"reason": reason})
+
+
+def unavailable(reason: str, retryAfter: int = 1) -> OCIError:
+    return OCIError(
+        503,
+        "UNAVAILABLE",
+        "the registry is temporarily unable to serve the request",
+        {"reason": reason},
+        {"Retry-After": str(retryAfter)},
+    )
+
+
+def internal() -> OCIError:
+    return OCIError(500, "UNKNOWN", "internal server error", {})
+
+
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def forOSError(e: OSError) -> OCIError:
+    """
+    What a storage failure means to the client: out of descriptors is
+    temporary (503, retry), out of space is 507, anything else (EACCES,
+    EIO) is the server's own fault, a 500 whose reason stays in the log.
+    """
+    if e.errno in _OUT_OF_DESCRIPTORS:
+        return unavailable("too many open files")
+    if e.errno in _OUT_OF_SPACE:
+        return storageFull(e.strerror or str(e))
+    return internal()

@@ -71,6 +71,14 @@ class IUpload(Interface):
         End the session and discard its data.
         """
 
+    def close() -> None:
+        """
+        Release what the session holds for the request using it (open
+        files, locks), so that an idle session costs no descriptor.  The
+        session lives on; its next write, digest or commit takes them
+        again.  Called by the one request that uses the session, at its end.
+        """
+
 
 class IBlobStore(Interface):
     """
@@ -115,6 +123,10 @@ class IBlobStore(Interface):
     def getUpload(uploadId: str) -> Deferred[IUpload | None]:
         """
         The live session C{uploadId}, or L{None} if unknown or expired.
+
+        A store shared by several processes fails with L{BlockingIOError}
+        (here, or from the session's first write, digest or commit) while
+        another process is using the session.
         """
 
 

@@ -45,3 +45,19 @@ def isSupportedDigest(digest: str) -> bool:
     algorithm, _, encoded = digest.partition(":")
     pattern = _ENCODED.get(algorithm)
     return pattern is not None and pattern.fullmatch(encoded) is not None
+
+
+# Past this many digits a number is larger than any size, offset or count
+# the registry handles; Python refuses to convert 4,300 digits and more.
+_MAX_DIGITS = 18
+
+
+def decimal(text: str) -> int:
+    """
+    The value of a string of ASCII digits, saturated at 10**18: a number
+    too long to convert is simply larger than anything stored.
+    """
+    digits = text.lstrip("0")
+    if len(digits) > _MAX_DIGITS:
+        return 10**_MAX_DIGITS
+    return int(digits or "0")

@@ -192,11 +192,40 @@ async def test_sessionAppendedElsewhere(makeStore: Callable[[], FilesystemBlobSt
     one, two = makeStore(), makeStore()
     upload = await one.startUpload("repo")
     await upload.write(b"from one; ")
-    await (await found(two, upload.uploadId)).write(b"from two")
+    upload.close()
+    elsewhere = await found(two, upload.uploadId)
+    await elsewhere.write(b"from two")
+    elsewhere.close()
     again = await found(one, upload.uploadId)
     data = b"from one; from two"
     assert again.size == len(data)
     assert await again.digest("sha256") == hashlib.sha256(data).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessionInUseElsewhereIsRefused(makeStore: Callable[[], FilesystemBlobStore]) -> None:
+    """While one process writes a session, another process's write fails with BlockingIOError
+    and appends nothing; once the first closes it, the second can go on."""
+    one, two = makeStore(), makeStore()
+    upload = await one.startUpload("repo")
+    await upload.write(b"one")
+    elsewhere = await found(two, upload.uploadId)
+    with pytest.raises(BlockingIOError):
+        await elsewhere.write(b"two")
+    upload.close()
+    await elsewhere.write(b"two")
+    assert elsewhere.size == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_idleSessionHoldsNoDescriptor(store: FilesystemBlobStore) -> None:
+    """A session between requests holds no open descriptor: 200 idle sessions leave the count unchanged."""
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(200):
+        upload = await store.startUpload("repo")
+        await upload.write(b"x")
+        upload.close()
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
 
 
 # Expiry
@@ -788,6 +817,7 @@ async def test_emptySessionOpenedElsewhereHashesAsItGoes(
     """A session started by one process and filled by another is hashed as it arrives, not read again."""
     first, second = makeStore(), makeStore()
     started = await first.startUpload("repo")
+    started.close()
     resumed = await found(second, started.uploadId)
     data = b"whole blob in one PUT" * 1000
     await resumed.write(data)

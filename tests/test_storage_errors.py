@@ -1,6 +1,8 @@
 """
-A full disk or an I/O error on the filesystem backend: a clear 507 with the
-spec's JSON body, no partial data left, and the registry keeps serving.
+Storage failures on the filesystem backend say what happened: a full disk is
+507, running out of descriptors is 503 with Retry-After, an I/O or
+permission error is 500; always the spec's JSON body, no partial data left,
+and the registry keeps serving.
 """
 
 from __future__ import annotations
@@ -50,18 +52,27 @@ def _storedBlobs(root: Path) -> list[Path]:
     return [p for p in (root / "blobs").rglob("*") if p.is_file()]
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+# errno -> (status, spec code)
+_ANSWERS = {
+    errno.ENOSPC: (507, "UNSUPPORTED"),
+    errno.EDQUOT: (507, "UNSUPPORTED"),
+    errno.EIO: (500, "UNKNOWN"),
+    errno.EACCES: (500, "UNKNOWN"),
+}
+
+
+@pytest.mark.parametrize("code", sorted(_ANSWERS))
 @pytest_twisted.ensureDeferred
 async def test_failed_write_during_upload(
     fsClient: Any, root: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    """A write failing mid-upload answers 507 with JSON, keeps no partial data, and reads go on."""
+    """A write failing mid-upload answers 507 for a full disk, 500 for EIO/EACCES, keeps no
+    partial data, and reads go on."""
     kept = await pushBlob(fsClient, "repo", b"already here")
     monkeypatch.setattr(ociklein.storage.fs._blobs, "writeAll", _fail(code))
     data = b"x" * 100_000
     response = await fsClient.request("POST", f"/v2/repo/blobs/uploads/?digest={digestOf(data)}", data=data)
-    assert response.code == 507
-    assert errorCode(response)
+    assert (response.code, errorCode(response)) == _ANSWERS[code]
     monkeypatch.undo()
     assert (await fsClient.request("HEAD", f"/v2/repo/blobs/{digestOf(data)}")).code == 404
     assert len(_storedBlobs(root)) == 1
@@ -71,18 +82,19 @@ async def test_failed_write_during_upload(
     assert response.code == 200 and response.body == b"already here"
 
 
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
 @pytest_twisted.ensureDeferred
-async def test_failed_publish(fsClient: Any, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An I/O error while publishing a verified upload answers 507 and leaves no session or blob."""
+async def test_failed_publish(fsClient: Any, root: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """An error while publishing a verified upload answers 500 (EIO) or 507 (ENOSPC) and leaves
+    no session or blob."""
     location = (await fsClient.request("POST", "/v2/repo/blobs/uploads/")).headers.getRawHeaders("Location")[
         0
     ]
     data = b"chunked data" * 1000
     assert (await fsClient.request("PATCH", location, data=data)).code == 202
-    monkeypatch.setattr(ociklein.storage.fs._blobs, "_publish", _fail(errno.EIO))
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "_publish", _fail(code))
     response = await fsClient.request("PUT", f"{location}?digest={digestOf(data)}")
-    assert response.code == 507
-    assert errorCode(response)
+    assert (response.code, errorCode(response)) == _ANSWERS[code]
     monkeypatch.undo()
     assert (await fsClient.request("GET", location)).code == 404
     assert (await fsClient.request("HEAD", f"/v2/repo/blobs/{digestOf(data)}")).code == 404
@@ -98,11 +110,27 @@ async def test_failed_manifest_write(fsClient: Any, monkeypatch: pytest.MonkeyPa
     response = await fsClient.request(
         "PUT", "/v2/repo/manifests/v1", data=manifest, headers={"Content-Type": OCI_MANIFEST}
     )
-    assert response.code == 507
-    assert errorCode(response)
+    assert (response.code, errorCode(response)) == (507, "UNSUPPORTED")
     monkeypatch.undo()
     assert (await fsClient.request("GET", "/v2/repo/manifests/v1")).code == 404
     response = await fsClient.request(
         "PUT", "/v2/repo/manifests/v1", data=manifest, headers={"Content-Type": OCI_MANIFEST}
     )
     assert response.code == 201
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE])
+@pytest_twisted.ensureDeferred
+async def test_out_of_descriptors(
+    fsClient: Any, root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """Running out of descriptors answers 503 UNAVAILABLE with Retry-After, not "insufficient
+    storage", and the next request succeeds."""
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "_createSession", _fail(code))
+    data = b"retry me"
+    response = await fsClient.request("POST", f"/v2/repo/blobs/uploads/?digest={digestOf(data)}", data=data)
+    assert (response.code, errorCode(response)) == (503, "UNAVAILABLE")
+    assert response.headers.getRawHeaders("Retry-After") == ["1"]
+    monkeypatch.undo()
+    await pushBlob(fsClient, "repo", data)
+    assert list((root / "tmp").iterdir()) == []

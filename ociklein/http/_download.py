@@ -15,10 +15,11 @@ from zope.interface import implementer
 
 from ociklein.errors import OCIError
 from ociklein.interfaces import IBlobReader
+from ociklein.names import decimal
 
 READ_SIZE = 1024 * 1024
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 
 
 def parseRange(header: str | None, size: int) -> tuple[int, int] | None:
@@ -35,13 +36,13 @@ def parseRange(header: str | None, size: int) -> tuple[int, int] | None:
     if first == "" and last == "":
         return None
     if first == "":
-        suffix = int(last)
+        suffix = decimal(last)
         if suffix == 0 or size == 0:
             raise _unsatisfiable(size)
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
-    if start >= size or (last != "" and int(last) < start):
+    start = decimal(first)
+    end = size - 1 if last == "" else min(decimal(last), size - 1)
+    if start >= size or (last != "" and decimal(last) < start):
         raise _unsatisfiable(size)
     return start, end
 

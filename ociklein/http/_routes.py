@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionClosed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -140,6 +141,10 @@ class _DecodableForKlein(Resource):
         self._inner = inner
 
     def render(self, request: Any) -> Any:
+        # No content sniffing of blobs by browsers; no server version for
+        # scanners to match against known bugs.
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.responseHeaders.removeHeader(b"server")
         request.postpath = [_utf8(segment) for segment in request.postpath]
         host = request.getHeader(b"host")
         if host is not None and not _bindable(host):
@@ -187,7 +192,25 @@ class RegistryRoutes:
         return _error(request, OCIError(status, code, exc.description or "not found", {}))  # type: ignore[union-attr]
 
     @app.route("/", branch=True, methods=_METHODS)
-    async def dispatch(self, request: IRequest) -> bytes | None:
+    def dispatch(self, request: IRequest) -> Deferred[bytes | None]:
+        """
+        Serve a request to its end even when its client goes: Klein would
+        cancel the handler at whatever it awaits, losing a descriptor or a
+        staging directory a thread was just creating.  Every handler ends
+        by itself once its client is gone (a failed body, a stopped
+        producer), so nothing is left waiting.
+        """
+        handled = Deferred.fromCoroutine(self._dispatch(request))
+        shielded: Deferred[bytes | None] = Deferred()
+
+        def settle(result: Any) -> None:
+            if not shielded.called:
+                shielded.callback(result)
+
+        handled.addBoth(settle)
+        return shielded
+
+    async def _dispatch(self, request: IRequest) -> bytes | None:
         """
         Route on the raw (still percent-encoded) path, so that no encoded
         slash or dot ever turns into a path separator.
@@ -211,15 +234,16 @@ class RegistryRoutes:
             raise OCIError(404, "NAME_UNKNOWN", "no such endpoint", {"path": path})
         except OCIError as e:
             return _error(request, e)
-        except CancelledError:
-            raise  # Klein cancels the handler when the client has gone
+        except ConnectionClosed:
+            return None  # the client went while sending its body: nobody to answer
         except OSError as e:
-            # The store failed (a full disk, an I/O error): say so, keep serving.
+            # The store failed (out of descriptors, a full disk, an I/O
+            # error): say which, keep serving.
             log.failure("storage error serving {method} {path}", method=method, path=path)
-            return _error(request, errors.storageFull(e.strerror or str(e)))
+            return _error(request, errors.forOSError(e))
         except Exception:
             log.failure("unexpected error serving {method} {path}", method=method, path=path)
-            return _error(request, OCIError(500, "UNKNOWN", "internal server error", {}))
+            return _error(request, errors.internal())
 
     # -- base and listings ------------------------------------------------
 
@@ -323,24 +347,22 @@ class RegistryRoutes:
         return _respond(request, 202, _uploadHeaders(name, upload.uploadId, 0))
 
     async def uploadStatus(self, request: IRequest, name: str, uploadId: str) -> bytes:
-        upload = await self.core.getUpload(name, uploadId)
-        return _respond(request, 204, _uploadHeaders(name, uploadId, upload.size))
+        size = await self.core.uploadSize(name, uploadId)
+        return _respond(request, 204, _uploadHeaders(name, uploadId, size))
 
     async def patchUpload(self, request: IRequest, name: str, uploadId: str) -> bytes:
-        upload = await self.core.getUpload(name, uploadId)
-        size = await self.core.appendToUpload(upload, requestBody(request), _header(request, "Content-Range"))
+        size = await self.core.appendChunk(
+            name, uploadId, requestBody(request), _header(request, "Content-Range")
+        )
         return _respond(request, 202, _uploadHeaders(name, uploadId, size))
 
     async def putUpload(self, request: IRequest, name: str, uploadId: str) -> bytes:
         digest = _arg(request, "digest")
-        upload = await self.core.getUpload(name, uploadId)
-        if digest is None:
-            raise errors.digestInvalid("the digest query parameter is required")
-        await self.core.appendToUpload(upload, requestBody(request), _header(request, "Content-Range"))
-        await self.core.finishUpload(name, upload, digest)
-        return _blobCreated(request, name, digest)
+        await self.core.finishChunked(
+            name, uploadId, digest, requestBody(request), _header(request, "Content-Range")
+        )
+        return _blobCreated(request, name, digest or "")
 
     async def cancelUpload(self, request: IRequest, name: str, uploadId: str) -> bytes:
-        upload = await self.core.getUpload(name, uploadId)
-        await upload.abort()
+        await self.core.cancelUpload(name, uploadId)
         return _respond(request, 204)

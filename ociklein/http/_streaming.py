@@ -117,6 +117,7 @@ class _Channel(http.HTTPChannel):
         body = OCIError(400, "UNSUPPORTED", "malformed HTTP request", {}).body()
         head = (
             b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+            b"X-Content-Type-Options: nosniff\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
         )
         self.transport.write(head + body)  # type: ignore[union-attr]

@@ -50,19 +50,27 @@ class _MemoryUpload:
     def digest(self, algorithm: str) -> Deferred[str]:
         if algorithm == "sha256":
             return succeed(self._sha256.hexdigest())
-        # Hashing the whole blob again: off the reactor thread.
+        # Hashing the whole blob again: off the reactor thread.  The caller
+        # holds the session, so nothing appends to the buffer meanwhile.
         data = self._chunks
         return deferToThread(lambda: hashlib.new(algorithm, data).hexdigest())
 
     def commit(self, digest: str) -> Deferred[None]:
         # The session's buffer becomes the blob: no copy of it on the reactor.
-        self._store._blobs.setdefault(digest, self._chunks)
+        # A stored blob of another size cannot hold these verified bytes.
+        blobs = self._store._blobs
+        existing = blobs.get(digest)
+        if existing is None or len(existing) != len(self._chunks):
+            blobs[digest] = self._chunks
         return self.abort()
 
     def abort(self) -> Deferred[None]:
         self._store._uploads.pop(self.uploadId, None)
         self._chunks = bytearray()
         return succeed(None)
+
+    def close(self) -> None:
+        pass  # nothing is held between requests
 
 
 @implementer(IBlobStore)

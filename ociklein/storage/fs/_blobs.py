@@ -8,6 +8,7 @@ process, so a push interrupted by a restart can resume.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -31,6 +32,7 @@ from ociklein.storage.fs._paths import (
     UPLOAD_SUFFIX,
     blobPath,
     checkDigest,
+    checkInside,
     checkRepository,
     digestPath,
     repositoryPath,
@@ -87,6 +89,10 @@ class _FileUpload:
     """
     A session directory holding the data appended so far and the running
     sha256 of it, which is lost (and rebuilt by rereading) on restart.
+
+    The data file is open only while a request uses the session, under an
+    exclusive C{flock}: an idle session costs no descriptor, and two
+    processes sharing the root never write one session at once.
     """
 
     def __init__(
@@ -94,7 +100,7 @@ class _FileUpload:
         store: FilesystemBlobStore,
         uploadId: str,
         repository: str,
-        fd: int,
+        fd: int | None,
         size: int,
         sha256: _Hash | None,
         directory: str | None = None,
@@ -108,7 +114,34 @@ class _FileUpload:
         self._sha256 = sha256
         self._error: OSError | None = None
         self._writing = False
+        self._ended = False
         self._idle: list[Deferred[None]] = []
+
+    def _open(self) -> int:
+        """
+        The data file's descriptor, opened and locked if it is not.  Fails
+        with L{BlockingIOError} while another process holds the session,
+        and with L{FileNotFoundError} once it has ended there.
+        """
+        if self._ended:
+            raise ValueError(f"upload {self.uploadId} has ended")
+        if self._fd is not None:
+            return self._fd
+        path = os.path.join(self._directory, "data")
+        fd = os.open(checkInside(self._store._root, path), os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stat = os.fstat(fd)
+            # Locked, but is it still the session's file?  Another process
+            # may have published it (renamed it away) before we locked it.
+            if os.stat(path, follow_symlinks=False).st_ino != stat.st_ino:
+                raise FileNotFoundError(errno.ENOENT, "upload data has moved", path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._resync(stat.st_size)
+        self._fd = fd
+        return fd
 
     def write(self, data: bytes) -> Deferred[None]:
         """
@@ -118,12 +151,14 @@ class _FileUpload:
         """
         if self._error is not None:
             return fail(self._error)
-        if self._fd is None:
-            return fail(ValueError(f"upload {self.uploadId} has ended"))
         if self._writing:
             return fail(RuntimeError(f"upload {self.uploadId} is being written"))
+        try:
+            fd = self._open()
+        except (OSError, ValueError) as e:
+            return fail(e)
         self._writing = True
-        written = inThread(self._store._reactor, _append, self._fd, data, self._sha256)
+        written = inThread(self._store._reactor, _append, fd, data, self._sha256)
 
         def done(result: object) -> object:
             self._writing = False
@@ -158,14 +193,13 @@ class _FileUpload:
     async def _digest(self, algorithm: str) -> str:
         if algorithm not in _ALGORITHMS:
             raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        own = self._open()
         if algorithm == "sha256" and self._sha256 is not None:
             return self._sha256.hexdigest()
-        if self._fd is None:
-            raise ValueError(f"upload {self.uploadId} has ended")
         size = self.size
         # A duplicate, so that an abort closing ours cannot pull the
         # descriptor out from under the hashing thread.
-        fd = os.dup(self._fd)
+        fd = os.dup(own)
         hashed = await inThread(self._store._reactor, _hashFile, fd, algorithm, size)
         if algorithm == "sha256" and self._fd is not None and self.size == size:
             self._sha256 = hashed.copy()
@@ -179,17 +213,19 @@ class _FileUpload:
         await self._whenIdle()
         if self._error is not None:
             raise self._error
+        self._open()
+        size = self.size
         fd = self._detach()
-        if fd is None:
-            raise ValueError(f"upload {self.uploadId} has ended")
+        assert fd is not None
         store = self._store
         await inThread(
             store._reactor,
             _publish,
             store._root,
             fd,
+            size,
             self._directory,
-            blobPath(store._root, digest),
+            checkInside(store._root, blobPath(store._root, digest)),
         )
 
     def abort(self) -> Deferred[None]:
@@ -202,11 +238,20 @@ class _FileUpload:
             os.close(fd)
         await inThread(self._store._reactor, discardDir, self._store._root, self._directory)
 
+    def close(self) -> None:
+        """
+        Release the data file (and its lock) until the next request.
+        """
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self._whenIdle().addCallback(lambda _: os.close(fd))
+
     def _detach(self) -> int | None:
         """
         End the session in this process and hand over its descriptor.
         """
         self._store._forget(self)
+        self._ended = True
         fd, self._fd = self._fd, None
         self._sha256 = None
         return fd
@@ -253,13 +298,16 @@ def _hashFile(fd: int, algorithm: str, size: int) -> _Hash:
         os.close(fd)
 
 
-def _publish(root: str, fd: int, directory: str, target: str) -> None:
+def _publish(root: str, fd: int, size: int, directory: str, target: str) -> None:
     """
-    Make the session's data the blob C{target}, unless a copy is already
-    there, then remove the session.
+    Make the session's data the blob C{target}, then remove the session.
+
+    A blob file already there of the same size is the same content (a
+    digest names it), so it stays; one of another size is damaged and is
+    replaced, atomically.
     """
     try:
-        if not os.path.exists(target):
+        if _sizeOf(target) != size:
             os.fsync(fd)
             parent = os.path.dirname(target)
             ensureDir(parent)
@@ -270,6 +318,13 @@ def _publish(root: str, fd: int, directory: str, target: str) -> None:
     finally:
         os.close(fd)
     discardDir(root, directory)
+
+
+def _sizeOf(path: str) -> int | None:
+    try:
+        return os.stat(path, follow_symlinks=False).st_size
+    except FileNotFoundError:
+        return None
 
 
 def _createSession(
@@ -287,7 +342,8 @@ def _createSession(
     os.mkdir(staging)
     fd = -1
     try:
-        fd = os.open(os.path.join(staging, "data"), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW
+        fd = os.open(os.path.join(staging, "data"), flags, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if not resumable:
             return fd, staging
@@ -318,11 +374,16 @@ def _readInfo(directory: str) -> tuple[str, float] | None:
     rather than pass a live session off as dead.
     """
     try:
-        with open(os.path.join(directory, "info"), "rb") as f:
+        fd = os.open(os.path.join(directory, "info"), os.O_RDONLY | os.O_NOFOLLOW)
+        with open(fd, "rb") as f:
             info = json.loads(f.read(65536))
         repository, started = info["repository"], info["started"]
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
         return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a planted symlink: not a session of ours
+            return None
+        raise
     if not isinstance(repository, str) or not isinstance(started, int | float):
         return None
     return repository, float(started)
@@ -345,12 +406,22 @@ def _sweepUploads(root: str, now: float, ttl: float) -> list[str]:
     return removed
 
 
+def _sweep(root: str, now: float, ttl: float) -> list[str]:
+    """
+    The periodic sweep: expired sessions, and whatever dead or cut requests
+    left in tmp/ (monolithic uploads whose lock is free, discarded
+    directories, old temp files).
+    """
+    cleanTmp(root)
+    return _sweepUploads(root, now, ttl)
+
+
 def _openWithSize(path: str, flags: int) -> tuple[int, int] | None:
     """
     A descriptor of C{path} and the file's size, or L{None} if it is gone.
     """
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     try:
@@ -361,7 +432,7 @@ def _openWithSize(path: str, flags: int) -> tuple[int, int] | None:
 
 
 def _linkPath(root: str, repository: str, digest: str) -> str:
-    return digestPath(os.path.join(repositoryPath(root, repository), "_links"), digest)
+    return checkInside(root, digestPath(os.path.join(repositoryPath(root, repository), "_links"), digest))
 
 
 def _writeLink(root: str, path: str) -> None:
@@ -385,7 +456,7 @@ class FilesystemBlobStore:
         uploadTTL: float = 86400.0,
     ) -> None:
         prepareRoot(root)
-        self._root = os.path.abspath(root)
+        self._root = os.path.realpath(root)
         self._reactor = resolveReactor(reactor)
         self._clock = clock if clock is not None else cast(IReactorTime, self._reactor)
         self._ttl = uploadTTL
@@ -414,7 +485,7 @@ class FilesystemBlobStore:
         return Deferred.fromCoroutine(self._expireUploads())
 
     async def _expireUploads(self) -> list[str]:
-        removed = await inThread(self._reactor, _sweepUploads, self._root, self._clock.seconds(), self._ttl)
+        removed = await inThread(self._reactor, _sweep, self._root, self._clock.seconds(), self._ttl)
         for uploadId in removed:
             upload = self._uploads.get(uploadId)
             if upload is not None:
@@ -431,12 +502,15 @@ class FilesystemBlobStore:
         if self._uploads.get(upload.uploadId) is upload:
             del self._uploads[upload.uploadId]
 
+    def _blobPath(self, digest: str) -> str:
+        return checkInside(self._root, blobPath(self._root, checkDigest(digest)))
+
     def stat(self, digest: str) -> Deferred[int | None]:
         return maybeDeferred(self._stat, digest)
 
     def _stat(self, digest: str) -> int | None:
         try:
-            return os.stat(blobPath(self._root, checkDigest(digest))).st_size
+            return os.stat(self._blobPath(digest), follow_symlinks=False).st_size
         except FileNotFoundError:
             return None
 
@@ -444,7 +518,7 @@ class FilesystemBlobStore:
         return maybeDeferred(self._open, digest)
 
     def _open(self, digest: str) -> IBlobReader | None:
-        opened = _openWithSize(blobPath(self._root, checkDigest(digest)), os.O_RDONLY)
+        opened = _openWithSize(self._blobPath(digest), os.O_RDONLY)
         return None if opened is None else _FileReader(*opened)
 
     def link(self, repository: str, digest: str) -> Deferred[None]:
@@ -466,7 +540,7 @@ class FilesystemBlobStore:
 
     def _isLinked(self, repository: str, digest: str) -> bool:
         path = _linkPath(self._root, checkRepository(repository), checkDigest(digest))
-        return os.path.exists(path) and os.path.exists(blobPath(self._root, digest))
+        return os.path.lexists(path) and os.path.lexists(self._blobPath(digest))
 
     def startUpload(self, repository: str, resumable: bool = True) -> Deferred[IUpload]:
         return Deferred.fromCoroutine(self._startUpload(repository, resumable))
@@ -489,7 +563,7 @@ class FilesystemBlobStore:
     async def _getUpload(self, uploadId: str) -> IUpload | None:
         if not isinstance(uploadId, str) or UPLOAD_ID.fullmatch(uploadId) is None:
             return None
-        directory = os.path.join(self._root, "uploads", uploadId)
+        directory = checkInside(self._root, os.path.join(self._root, "uploads", uploadId))
         cached = self._uploads.get(uploadId)
         info = _readInfo(directory)
         expired = info is not None and self._clock.seconds() >= info[1] + self._ttl
@@ -500,21 +574,16 @@ class FilesystemBlobStore:
                 await inThread(self._reactor, discardDir, self._root, directory)
             return None
         repository = info[0]
-        data = os.path.join(directory, "data")
-        if cached is not None:
-            try:
-                size = os.stat(data).st_size
-            except FileNotFoundError:
+        size = _sizeOf(os.path.join(directory, "data"))
+        if size is None:
+            if cached is not None:
                 cached._release()
-                return None
+            return None
+        if cached is not None:
             cached._resync(size)
             return cached
-        opened = _openWithSize(data, os.O_RDWR | os.O_APPEND)
-        if opened is None:
-            return None
-        fd, size = opened
         # An empty session's running hash is known: the common POST here,
         # PUT with the whole blob there (another worker) needs no rehash.
-        upload = _FileUpload(self, uploadId, repository, fd, size, hashlib.sha256() if size == 0 else None)
+        upload = _FileUpload(self, uploadId, repository, None, size, hashlib.sha256() if size == 0 else None)
         self._uploads[uploadId] = upload
         return upload

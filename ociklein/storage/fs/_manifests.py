@@ -25,6 +25,7 @@ from ociklein.storage.fs._paths import (
     catalogName,
     catalogPath,
     checkDigest,
+    checkInside,
     checkRepository,
     checkTag,
     digestPath,
@@ -69,33 +70,34 @@ def _readTag(path: str) -> str | None:
 
 class _Paths:
     """
-    Where each thing of one repository lives.
+    Where each thing of one repository lives; never through a symlink.
     """
 
     def __init__(self, root: str, repository: str) -> None:
         self.root = root
         self.repository = repository
-        self.directory = repositoryPath(root, repository)
+        self.directory = checkInside(root, repositoryPath(root, repository))
 
     @property
     def catalog(self) -> str:
-        return catalogPath(self.root, self.repository)
+        return checkInside(self.root, catalogPath(self.root, self.repository))
 
     @property
     def tags(self) -> str:
-        return os.path.join(self.directory, "_tags")
+        return checkInside(self.root, os.path.join(self.directory, "_tags"))
 
     def manifest(self, digest: str) -> str:
-        return digestPath(os.path.join(self.directory, "_manifests"), digest)
+        return checkInside(self.root, digestPath(os.path.join(self.directory, "_manifests"), digest))
 
     def tag(self, tag: str) -> str:
-        return os.path.join(self.tags, tag)
+        return checkInside(self.root, os.path.join(self.directory, "_tags", tag))
 
     def referrers(self, subject: str) -> str:
-        return digestPath(os.path.join(self.directory, "_referrers"), subject)
+        return checkInside(self.root, digestPath(os.path.join(self.directory, "_referrers"), subject))
 
     def referrer(self, subject: str, digest: str) -> str:
-        return os.path.join(self.referrers(subject), digest.replace(":", "-") + ".json")
+        name = digest.replace(":", "-") + ".json"
+        return checkInside(self.root, os.path.join(self.referrers(subject), name))
 
     def register(self) -> None:
         """
@@ -182,7 +184,7 @@ class FilesystemManifestBackend:
 
     def __init__(self, root: str, reactor: IReactorThreads | None = None) -> None:
         prepareRoot(root)
-        self._root = os.path.abspath(root)
+        self._root = os.path.realpath(root)
         self._reactor = resolveReactor(reactor)
         self._listings = SortedListings()
 

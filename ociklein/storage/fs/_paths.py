@@ -9,6 +9,7 @@ backend cannot take back.  The grammars are those of L{ociklein.names}.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import re
 
@@ -80,6 +81,17 @@ def isDigest(text: str) -> bool:
     Whether C{text} is a digest this backend stores.
     """
     return isSupportedDigest(text)
+
+
+def checkInside(root: str, path: str) -> str:
+    """
+    Refuse (C{ELOOP}) a C{path} under C{root} that a symlink planted inside
+    the root would lead elsewhere: every component that exists must be a
+    real directory or file.  C{root} is absolute and has no symlinks.
+    """
+    if os.path.realpath(path) != path:
+        raise OSError(errno.ELOOP, "a symbolic link inside the storage root is not followed", path)
+    return path
 
 
 def digestPath(base: str, digest: str) -> str:

@@ -19,16 +19,20 @@ from ociklein.storage.fs._paths import DISCARDED, SUBDIRS, UPLOAD_SUFFIX, shown
 TMP_GRACE = 3600.0
 
 
-def _uploadInUse(directory: str) -> bool:
+def _uploadInUse(directory: str, now: float, grace: float) -> bool:
     """
     Whether a live process (this one or another sharing the root) still
     holds the lock on an upload staged in tmp/.  A killed writer's lock is
-    released by the kernel, so its data can go at once.
+    released by the kernel, so its data can go at once.  One without a data
+    file yet may be being created right now, unless it is old.
     """
     try:
-        fd = os.open(os.path.join(directory, "data"), os.O_RDONLY)
+        fd = os.open(os.path.join(directory, "data"), os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return False
+        try:
+            return os.stat(directory, follow_symlinks=False).st_mtime > now - grace
+        except FileNotFoundError:
+            return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -50,7 +54,7 @@ def cleanTmp(root: str, now: float | None = None, grace: float = TMP_GRACE) -> l
     for entry in os.scandir(tmp):
         try:
             if entry.name.endswith(UPLOAD_SUFFIX) and entry.is_dir(follow_symlinks=False):
-                if _uploadInUse(entry.path):
+                if _uploadInUse(entry.path, now, grace):
                     continue
             elif not entry.name.endswith(DISCARDED):
                 if entry.stat(follow_symlinks=False).st_mtime > now - grace:
@@ -81,8 +85,11 @@ def prepareRoot(root: str) -> None:
     if not os.path.isdir(root):
         raise ValueError(f"storage root {name} is not a directory")
     try:
-        for name in SUBDIRS:
-            os.makedirs(os.path.join(root, name), exist_ok=True)
+        for sub in SUBDIRS:
+            path = os.path.join(root, sub)
+            os.makedirs(path, exist_ok=True)
+            if os.path.islink(path):
+                raise ValueError(f"storage root {name}: {sub} is a symbolic link, which is never followed")
         fd, probe = createTemp(root, ".probe")
         os.close(fd)
         os.unlink(probe)
