@@ -8,6 +8,8 @@ backends fit behind the same contract as the memory and filesystem ones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
@@ -64,6 +66,10 @@ class IUpload(Interface):
         """
         Publish the data as the blob C{digest} (already verified by the
         caller) and end the session.  Durable when the Deferred fires.
+
+        The blob counts as written at the commit (not at the last write):
+        if it was already stored, the commit records a use of it, or
+        stores it again if a garbage collector removed it meanwhile.
         """
 
     def abort() -> Deferred[None]:
@@ -99,6 +105,10 @@ class IBlobStore(Interface):
     def link(repository: str, digest: str) -> Deferred[None]:
         """
         Make the stored blob C{digest} visible in C{repository}.
+
+        Linking again records a use of the link and of the blob, as
+        L{IBlobMaintenance.touch} does (without failing if the blob is not
+        stored yet).
         """
 
     def unlink(repository: str, digest: str) -> Deferred[bool]:
@@ -190,4 +200,136 @@ class IManifestBackend(Interface):
     def referrers(repository: str, subject: str) -> Deferred[list[dict[str, Any]]]:
         """
         The descriptors recorded for manifests whose subject is C{subject}.
+        """
+
+
+# Maintenance: garbage collection, scrub and disk usage.
+#
+# Fencing.  A collector removes only what it found unreferenced *and*
+# unused since a cutoff time C{before} (on the storage's own clock, see
+# C{now}).  Writers record a use of what they reference (C{touch},
+# C{touchManifests}, C{link}, C{commit}) after their own write is durable
+# and before they acknowledge it.  A conditional delete and a use of the
+# same object are linearizable: either the delete sees the use and keeps
+# the object, or the use fails (reports the object missing) and the writer
+# does not acknowledge.  docs/storage.md gives the argument.
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """
+    One stored blob, link or manifest as maintenance sees it.
+    """
+
+    digest: str
+    # Bytes stored (for a manifest, possibly with the backend's own header).
+    size: int
+    # Seconds since the epoch, on the storage's clock, of the last write or
+    # recorded use.
+    modified: float
+
+
+class IBlobMaintenance(Interface):
+    """
+    What garbage collection, scrub and du need of an L{IBlobStore}.
+
+    Listings are sorted by digest (or name) and paged: up to C{limit}
+    entries, all greater than C{last}.  Anything created or removed while a
+    listing is paged may or may not appear in it.
+    """
+
+    def now() -> Deferred[float]:
+        """
+        The current time on the clock that stamps C{modified} (for a
+        filesystem the kernel's, for an object store the server's).
+        """
+
+    def listBlobs(last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        """
+        Stored blobs with their size and last write or use.
+        """
+
+    def listLinkedRepositories(last: str | None, limit: int) -> Deferred[list[str]]:
+        """
+        Names of the repositories that have (or had) at least one link.
+        """
+
+    def listLinks(repository: str, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        """
+        The links of C{repository} (C{size} 0), whether or not their blob
+        is stored.
+        """
+
+    def touch(repository: str, digests: Sequence[str]) -> Deferred[list[str]]:
+        """
+        Record a use, now, of each blob of C{digests} and of its link in
+        C{repository}; fire with the digests whose blob or link is missing
+        (removed, or being removed by a collector).  Linearizable with
+        L{deleteBlob} and L{deleteLink}.
+        """
+
+    def deleteLink(repository: str, digest: str, before: float) -> Deferred[bool]:
+        """
+        Remove the link of C{digest} in C{repository} if it was neither
+        written nor used at or after C{before}; L{True} if it removed it.
+        """
+
+    def deleteBlob(digest: str, before: float) -> Deferred[bool]:
+        """
+        Remove blob C{digest} if it was neither written nor used at or
+        after C{before}; L{True} if it removed it.  Links are left alone.
+        """
+
+    def quarantineBlob(digest: str) -> Deferred[bool]:
+        """
+        Move blob C{digest} aside (kept for inspection, no longer served),
+        so that it is answered as unknown and can be pushed again; L{False}
+        if it was not stored.
+        """
+
+    def expireUploads() -> Deferred[list[str]]:
+        """
+        Remove the upload sessions past their time to live; fire with
+        their ids.
+        """
+
+    def storedBytes() -> Deferred[int]:
+        """
+        Every byte the storage holds, blobs, metadata and sessions included.
+        """
+
+
+class IManifestMaintenance(Interface):
+    """
+    What garbage collection and scrub need of an L{IManifestBackend}.  The
+    same paging rules as L{IBlobMaintenance}.
+    """
+
+    def now() -> Deferred[float]:
+        """
+        The current time on the clock that stamps C{modified}.
+        """
+
+    def listManifests(repository: str, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        """
+        The manifests stored in C{repository}, with their last write or use.
+        """
+
+    def touchManifests(repository: str, digests: Sequence[str]) -> Deferred[list[str]]:
+        """
+        Record a use, now, of each manifest of C{digests} in C{repository};
+        fire with those missing.  Linearizable with L{deleteManifestBefore}.
+        """
+
+    def deleteManifestBefore(repository: str, digest: str, before: float) -> Deferred[bool]:
+        """
+        Remove manifest C{digest} of C{repository} and its referrers entry
+        if it was neither written nor used at or after C{before}; tags are
+        left alone.  L{True} if it removed it.
+        """
+
+    def quarantineManifest(repository: str, digest: str) -> Deferred[bool]:
+        """
+        Move manifest C{digest} of C{repository} aside, so that it is
+        answered as unknown and can be pushed again; L{False} if absent.
         """

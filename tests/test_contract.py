@@ -13,9 +13,17 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, IUpload
+from ociklein.interfaces import (
+    IBlobMaintenance,
+    IBlobReader,
+    IBlobStore,
+    IManifestBackend,
+    IManifestMaintenance,
+    IUpload,
+)
 from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend
 from ociklein.storage.memory import MemoryBlobStore, MemoryManifestBackend
 
@@ -51,6 +59,22 @@ def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend
     store = FilesystemBlobStore(root)
     try:
         yield Backends(store, FilesystemManifestBackend(root))
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=["memory", "fs"])
+def expiring(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[IBlobStore, Clock]]:
+    """
+    A blob store whose upload sessions live 100 s on a fake clock.
+    """
+    clock = Clock()
+    if request.param == "memory":
+        yield MemoryBlobStore(clock=clock, uploadTTL=100), clock
+        return
+    store = FilesystemBlobStore(str(tmp_path / "root"), clock=clock, uploadTTL=100)
+    try:
+        yield store, clock
     finally:
         store.close()
 
@@ -612,3 +636,243 @@ async def test_referrerDescriptorKept(backends: Backends) -> None:
     desc = descriptor(sig) | {"annotations": {"org.example/é": "x", "n": "1"}}
     await m.putManifest("repo", sha256(sig), MANIFEST, sig, subject, desc)
     assert await m.referrers("repo", subject) == [desc]
+
+
+# Maintenance
+
+
+def maintained(backends: Backends) -> tuple[IBlobMaintenance, IManifestMaintenance]:
+    return IBlobMaintenance(backends.blobs), IManifestMaintenance(backends.manifests)
+
+
+@pytest_twisted.ensureDeferred
+async def test_maintenanceInterfaces(backends: Backends) -> None:
+    """Both backends provide the maintenance interfaces."""
+    assert verifyObject(IBlobMaintenance, backends.blobs)
+    assert verifyObject(IManifestMaintenance, backends.manifests)
+
+
+@pytest_twisted.ensureDeferred
+async def test_listBlobs(backends: Backends) -> None:
+    """listBlobs pages through stored blobs sorted, with size and write time."""
+    blobs, _ = maintained(backends)
+    start = await blobs.now()
+    contents = [f"blob {i}".encode() * (i + 1) for i in range(5)]
+    digests = [await storeBlob(backends.blobs, data) for data in contents]
+    end = await blobs.now()
+    listed = await blobs.listBlobs(None, 100)
+    assert [item.digest for item in listed] == sorted(digests)
+    sizes = {sha256(data): len(data) for data in contents}
+    for item in listed:
+        assert item.size == sizes[item.digest]
+        assert start <= item.modified <= end
+    ordered = sorted(digests)
+    assert [i.digest for i in await blobs.listBlobs(None, 2)] == ordered[:2]
+    assert [i.digest for i in await blobs.listBlobs(ordered[1], 2)] == ordered[2:4]
+    assert await blobs.listBlobs(ordered[-1], 2) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_listLinks(backends: Backends) -> None:
+    """Repositories with links are listed (also without manifests), and their links."""
+    blobs, _ = maintained(backends)
+    one = await storeBlob(backends.blobs, b"one")
+    two = await storeBlob(backends.blobs, b"two")
+    missing = sha256(b"not stored")
+    for repository, digest in [("a", one), ("a/b", one), ("a/b", two), ("z", missing)]:
+        await backends.blobs.link(repository, digest)
+    assert await blobs.listLinkedRepositories(None, 10) == ["a", "a/b", "z"]
+    assert await blobs.listLinkedRepositories("a", 1) == ["a/b"]
+    links = await blobs.listLinks("a/b", None, 10)
+    assert [item.digest for item in links] == sorted([one, two])
+    assert {item.size for item in links} == {0}
+    assert [item.digest for item in await blobs.listLinks("z", None, 10)] == [missing]
+    assert await blobs.listLinks("nowhere", None, 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleteBlobBefore(backends: Backends) -> None:
+    """deleteBlob removes a blob unused since the cutoff, and only such a blob."""
+    blobs, _ = maintained(backends)
+    before = await blobs.now()
+    digest = await storeBlob(backends.blobs, b"old enough?")
+    assert await blobs.deleteBlob(digest, before) is False
+    assert await backends.blobs.stat(digest) == len(b"old enough?")
+    assert await blobs.deleteBlob(digest, await blobs.now() + 1) is True
+    assert await backends.blobs.stat(digest) is None
+    assert await blobs.listBlobs(None, 10) == []
+    assert await blobs.deleteBlob(digest, await blobs.now() + 1) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_touchFencesDeletion(backends: Backends) -> None:
+    """A recorded use at or after the cutoff keeps the blob and its link."""
+    blobs, _ = maintained(backends)
+    digest = await storeBlob(backends.blobs, b"reused")
+    await backends.blobs.link("repo", digest)
+    cutoff = await blobs.now() + 0.000001
+    while await blobs.now() < cutoff:
+        pass  # the storage clock may tick coarsely: wait for it to pass the cutoff
+    assert await blobs.touch("repo", [digest]) == []
+    assert await blobs.deleteBlob(digest, cutoff) is False
+    assert await blobs.deleteLink("repo", digest, cutoff) is False
+    assert await backends.blobs.isLinked("repo", digest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_touchReportsMissing(backends: Backends) -> None:
+    """touch names the digests whose blob or link is missing, in order."""
+    blobs, _ = maintained(backends)
+    linked = await storeBlob(backends.blobs, b"linked")
+    unlinked = await storeBlob(backends.blobs, b"unlinked")
+    absent = sha256(b"absent")
+    await backends.blobs.link("repo", linked)
+    await backends.blobs.link("repo", absent)
+    assert await blobs.touch("repo", [absent, linked, unlinked]) == [absent, unlinked]
+    assert await blobs.touch("repo", []) == []
+    await blobs.deleteBlob(linked, await blobs.now() + 1)
+    assert await blobs.touch("repo", [linked]) == [linked]
+
+
+@pytest_twisted.ensureDeferred
+async def test_linkAgainRecordsUse(backends: Backends) -> None:
+    """Linking again (a mount) records a use of the link and the blob."""
+    blobs, _ = maintained(backends)
+    digest = await storeBlob(backends.blobs, b"mounted")
+    await backends.blobs.link("repo", digest)
+    cutoff = await blobs.now() + 0.000001
+    while await blobs.now() < cutoff:
+        pass
+    await backends.blobs.link("repo", digest)
+    assert await blobs.deleteLink("repo", digest, cutoff) is False
+    assert await blobs.deleteBlob(digest, cutoff) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_commitExistingRecordsUse(backends: Backends) -> None:
+    """Committing a blob already stored records a use of it."""
+    blobs, _ = maintained(backends)
+    digest = await storeBlob(backends.blobs, b"pushed twice")
+    cutoff = await blobs.now() + 0.000001
+    while await blobs.now() < cutoff:
+        pass
+    await storeBlob(backends.blobs, b"pushed twice")
+    assert await blobs.deleteBlob(digest, cutoff) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleteLinkLeavesBlob(backends: Backends) -> None:
+    """deleteLink removes one link; the blob and other links stay."""
+    blobs, _ = maintained(backends)
+    digest = await storeBlob(backends.blobs, b"shared")
+    await backends.blobs.link("a", digest)
+    await backends.blobs.link("b", digest)
+    assert await blobs.deleteLink("a", digest, await blobs.now() + 1) is True
+    assert not await backends.blobs.isLinked("a", digest)
+    assert await backends.blobs.isLinked("b", digest)
+    assert await blobs.deleteLink("a", digest, await blobs.now() + 1) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_quarantineBlob(backends: Backends) -> None:
+    """A quarantined blob is unknown and can be pushed again."""
+    blobs, _ = maintained(backends)
+    digest = await storeBlob(backends.blobs, b"suspect")
+    await backends.blobs.link("repo", digest)
+    assert await blobs.quarantineBlob(digest) is True
+    assert await backends.blobs.stat(digest) is None
+    assert not await backends.blobs.isLinked("repo", digest)
+    assert await blobs.quarantineBlob(digest) is False
+    await storeBlob(backends.blobs, b"suspect")
+    assert await backends.blobs.isLinked("repo", digest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_expireUploads(expiring: tuple[IBlobStore, Clock]) -> None:
+    """expireUploads removes the sessions past their time to live, only those."""
+    store, clock = expiring
+    old = await store.startUpload("repo")
+    await old.write(b"stale")
+    clock.advance(60)
+    young = await store.startUpload("repo")
+    clock.advance(50)
+    # A store may also sweep on its own schedule: the old session is gone either way.
+    assert set(await IBlobMaintenance(store).expireUploads()) <= {old.uploadId}
+    assert await store.getUpload(old.uploadId) is None
+    assert await store.getUpload(young.uploadId) is not None
+    await young.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_storedBytes(backends: Backends) -> None:
+    """storedBytes counts at least every stored blob byte."""
+    blobs, _ = maintained(backends)
+    empty = await blobs.storedBytes()
+    await storeBlob(backends.blobs, b"x" * 10000)
+    assert await blobs.storedBytes() >= empty + 10000
+
+
+@pytest_twisted.ensureDeferred
+async def test_listManifests(backends: Backends) -> None:
+    """listManifests pages through a repository's manifests with write times."""
+    _, manifests = maintained(backends)
+    start = await manifests.now()
+    contents = [f'{{"n": {i}}}'.encode() for i in range(4)]
+    for content in contents:
+        await backends.manifests.putManifest("a/b", sha256(content), MANIFEST, content, None, {})
+    await backends.manifests.putManifest("a", sha256(b"{}"), MANIFEST, b"{}", None, {})
+    end = await manifests.now()
+    ordered = sorted(sha256(c) for c in contents)
+    listed = await manifests.listManifests("a/b", None, 10)
+    assert [item.digest for item in listed] == ordered
+    assert all(start <= item.modified <= end and item.size >= 8 for item in listed)
+    assert [i.digest for i in await manifests.listManifests("a/b", ordered[0], 2)] == ordered[1:3]
+    assert [i.digest for i in await manifests.listManifests("a", None, 10)] == [sha256(b"{}")]
+    assert await manifests.listManifests("nowhere", None, 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleteManifestBefore(backends: Backends) -> None:
+    """A manifest unused since the cutoff goes with its referrers entry; its tags stay."""
+    _, manifests = maintained(backends)
+    m = backends.manifests
+    subject = sha256(b"image")
+    sig = b'{"sig": 1}'
+    before = await manifests.now()
+    await m.putManifest("repo", sha256(sig), MANIFEST, sig, subject, descriptor(sig))
+    await m.setTag("repo", "t", sha256(sig))
+    assert await manifests.deleteManifestBefore("repo", sha256(sig), before) is False
+    assert await manifests.deleteManifestBefore("repo", sha256(sig), await manifests.now() + 1) is True
+    assert await m.getManifest("repo", sha256(sig)) is None
+    assert await m.referrers("repo", subject) == []
+    assert await m.resolveTag("repo", "t") == sha256(sig)
+    assert await manifests.deleteManifestBefore("repo", sha256(sig), await manifests.now() + 1) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_touchManifests(backends: Backends) -> None:
+    """touchManifests fences deletion and names missing manifests."""
+    _, manifests = maintained(backends)
+    content = b'{"kept": true}'
+    await backends.manifests.putManifest("repo", sha256(content), MANIFEST, content, None, {})
+    cutoff = await manifests.now() + 0.000001
+    while await manifests.now() < cutoff:
+        pass
+    absent = sha256(b"absent")
+    assert await manifests.touchManifests("repo", [absent, sha256(content)]) == [absent]
+    assert await manifests.deleteManifestBefore("repo", sha256(content), cutoff) is False
+    assert await manifests.touchManifests("other", [sha256(content)]) == [sha256(content)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_quarantineManifest(backends: Backends) -> None:
+    """A quarantined manifest is unknown and can be put again."""
+    _, manifests = maintained(backends)
+    content = b'{"suspect": 1}'
+    digest = sha256(content)
+    await backends.manifests.putManifest("repo", digest, MANIFEST, content, None, {})
+    assert await manifests.quarantineManifest("repo", digest) is True
+    assert await backends.manifests.getManifest("repo", digest) is None
+    assert await manifests.quarantineManifest("repo", digest) is False
+    await backends.manifests.putManifest("repo", digest, MANIFEST, content, None, {})
+    assert await backends.manifests.getManifest("repo", digest) == (MANIFEST, content)

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -24,9 +25,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ociklein.interfaces import IBlobReader, IBlobStore, IUpload
+from ociklein.interfaces import IBlobMaintenance, IBlobReader, IBlobStore, IUpload, StoredItem
 from ociklein.storage._threads import inThread, resolveReactor
 from ociklein.storage.fs._durable import atomicWrite, discardDir, ensureDir, fsyncDir, removeDurably, writeAll
+from ociklein.storage.fs._maintenance import (
+    blobUses,
+    fencedRemove,
+    listItems,
+    pagedRepositories,
+    quarantine,
+    recordUse,
+    storageNow,
+    storedBytes,
+)
 from ociklein.storage.fs._paths import (
     UPLOAD_ID,
     UPLOAD_SUFFIX,
@@ -304,10 +315,14 @@ def _publish(root: str, fd: int, size: int, directory: str, target: str) -> None
 
     A blob file already there of the same size is the same content (a
     digest names it), so it stays; one of another size is damaged and is
-    replaced, atomically.
+    replaced, atomically.  Either way the blob counts as written now: an
+    existing copy gets a recorded use (which fails if a collector is
+    removing it, and then ours replaces it), new data is stamped before it
+    appears.
     """
     try:
-        if _sizeOf(target) != size:
+        if _sizeOf(target) != size or not recordUse(target):
+            os.utime(os.path.join(directory, "data"))
             os.fsync(fd)
             parent = os.path.dirname(target)
             ensureDir(parent)
@@ -435,12 +450,17 @@ def _linkPath(root: str, repository: str, digest: str) -> str:
     return checkInside(root, digestPath(os.path.join(repositoryPath(root, repository), "_links"), digest))
 
 
-def _writeLink(root: str, path: str) -> None:
-    if not os.path.exists(path):
+def _writeLink(root: str, path: str, blob: str) -> None:
+    """
+    Write a link, or record a use of an existing one, and record a use of
+    its blob if the blob is there.
+    """
+    if not recordUse(path):
         atomicWrite(root, path, b"")
+    recordUse(blob)
 
 
-@implementer(IBlobStore)
+@implementer(IBlobStore, IBlobMaintenance)
 class FilesystemBlobStore:
     """
     Blobs under C{root/blobs}, links under C{root/repositories}, upload
@@ -526,7 +546,7 @@ class FilesystemBlobStore:
 
     async def _link(self, repository: str, digest: str) -> None:
         path = _linkPath(self._root, checkRepository(repository), checkDigest(digest))
-        await inThread(self._reactor, _writeLink, self._root, path)
+        await inThread(self._reactor, _writeLink, self._root, path, blobPath(self._root, digest))
 
     def unlink(self, repository: str, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._unlink(repository, digest))
@@ -587,3 +607,56 @@ class FilesystemBlobStore:
         upload = _FileUpload(self, uploadId, repository, None, size, hashlib.sha256() if size == 0 else None)
         self._uploads[uploadId] = upload
         return upload
+
+    # -- maintenance ------------------------------------------------------
+
+    def now(self) -> Deferred[float]:
+        return inThread(self._reactor, storageNow, self._root)
+
+    def listBlobs(self, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        return inThread(self._reactor, listItems, os.path.join(self._root, "blobs"), True, last, limit)
+
+    def listLinkedRepositories(self, last: str | None, limit: int) -> Deferred[list[str]]:
+        return inThread(self._reactor, pagedRepositories, self._root, last, limit)
+
+    def listLinks(self, repository: str, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        return maybeDeferred(self._listLinks, repository, last, limit)
+
+    def _listLinks(self, repository: str, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        base = os.path.join(repositoryPath(self._root, checkRepository(repository)), "_links")
+        found = inThread(self._reactor, listItems, base, False, last, limit)
+        # A link is an empty file: its size says nothing of the blob.
+        return found.addCallback(lambda items: [StoredItem(i.digest, 0, i.modified) for i in items])
+
+    def touch(self, repository: str, digests: Sequence[str]) -> Deferred[list[str]]:
+        return maybeDeferred(self._touch, repository, digests)
+
+    def _touch(self, repository: str, digests: Sequence[str]) -> Deferred[list[str]]:
+        checkRepository(repository)
+        digests = [checkDigest(d) for d in digests]
+        return inThread(
+            self._reactor, blobUses, self._root, lambda d: _linkPath(self._root, repository, d), digests
+        )
+
+    def deleteLink(self, repository: str, digest: str, before: float) -> Deferred[bool]:
+        return maybeDeferred(self._deleteLink, repository, digest, before)
+
+    def _deleteLink(self, repository: str, digest: str, before: float) -> Deferred[bool]:
+        path = _linkPath(self._root, checkRepository(repository), checkDigest(digest))
+        return inThread(self._reactor, fencedRemove, path, before)
+
+    def deleteBlob(self, digest: str, before: float) -> Deferred[bool]:
+        return maybeDeferred(self._deleteBlob, digest, before)
+
+    def _deleteBlob(self, digest: str, before: float) -> Deferred[bool]:
+        return inThread(self._reactor, fencedRemove, blobPath(self._root, checkDigest(digest)), before)
+
+    def quarantineBlob(self, digest: str) -> Deferred[bool]:
+        return maybeDeferred(self._quarantineBlob, digest)
+
+    def _quarantineBlob(self, digest: str) -> Deferred[bool]:
+        path = blobPath(self._root, checkDigest(digest))
+        return inThread(self._reactor, quarantine, self._root, path, "blobs", digest)
+
+    def storedBytes(self) -> Deferred[int]:
+        return inThread(self._reactor, storedBytes, self._root)

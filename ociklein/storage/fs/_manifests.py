@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
-from ociklein.interfaces import IManifestBackend
+from ociklein.interfaces import IManifestBackend, IManifestMaintenance, StoredItem
 from ociklein.storage._threads import inThread, resolveReactor
 from ociklein.storage.fs._durable import atomicWrite, fsyncDir, removeDurably
 from ociklein.storage.fs._listing import SortedListings
+from ociklein.storage.fs._maintenance import fencedRemove, listItems, quarantine, recordUses, storageNow
 from ociklein.storage.fs._paths import (
     catalogName,
     catalogPath,
@@ -83,6 +85,10 @@ class _Paths:
         return checkInside(self.root, catalogPath(self.root, self.repository))
 
     @property
+    def manifests(self) -> str:
+        return os.path.join(self.directory, "_manifests")
+
+    @property
     def tags(self) -> str:
         return checkInside(self.root, os.path.join(self.directory, "_tags"))
 
@@ -116,16 +122,25 @@ def _putManifest(paths: _Paths, digest: str, data: bytes, subject: str | None, d
         atomicWrite(paths.root, paths.referrer(subject, digest), descriptor)
 
 
+def _subjectOf(path: str) -> str | None:
+    """
+    The subject recorded in a stored manifest's header; L{FileNotFoundError}
+    if it is gone.
+    """
+    with open(path, "rb") as f:
+        _, subject, _ = _readHeader(f.readline(_HEADER_LIMIT))
+    return subject if subject is not None and isDigest(subject) else None
+
+
 def _deleteManifest(paths: _Paths, digest: str) -> bool:
     path = paths.manifest(digest)
     try:
-        with open(path, "rb") as f:
-            _, subject, _ = _readHeader(f.readline(_HEADER_LIMIT))
+        subject = _subjectOf(path)
     except FileNotFoundError:
         return False
     # The manifest file goes last: a crash half way leaves it in place, so
     # deleting it again finishes the job.
-    if subject is not None and isDigest(subject):
+    if subject is not None:
         removeDurably(paths.referrer(subject, digest))
     removedTag = False
     for tag in _listTags(paths):
@@ -139,6 +154,29 @@ def _deleteManifest(paths: _Paths, digest: str) -> bool:
     if removedTag:
         fsyncDir(paths.tags)
     return removeDurably(path)
+
+
+def _collectManifest(paths: _Paths, digest: str, before: float) -> bool:
+    """
+    Remove a manifest unused since C{before}, then its referrers entry.  A
+    crash between the two leaves an entry naming a missing manifest, which
+    the referrers API may list until the subject is pushed to again.
+    """
+    subjects: list[str] = []
+
+    def inspect(hidden: str) -> None:
+        try:
+            subject = _subjectOf(hidden)
+        except (FileNotFoundError, ValueError, KeyError):
+            return
+        if subject is not None:
+            subjects.append(subject)
+
+    if not fencedRemove(paths.manifest(digest), before, inspect):
+        return False
+    for subject in subjects:
+        removeDurably(paths.referrer(subject, digest))
+    return True
 
 
 def _tagName(entry: str) -> str | None:
@@ -175,7 +213,7 @@ def _referrers(paths: _Paths, subject: str) -> list[dict[str, Any]]:
     return found
 
 
-@implementer(IManifestBackend)
+@implementer(IManifestBackend, IManifestMaintenance)
 class FilesystemManifestBackend:
     """
     Manifests, tags and referrers under C{root/repositories}, the list of
@@ -297,3 +335,39 @@ class FilesystemManifestBackend:
         paths = self._paths(repository)
         checkDigest(subject)
         return await inThread(self._reactor, _referrers, paths, subject)
+
+    # -- maintenance ------------------------------------------------------
+
+    def now(self) -> Deferred[float]:
+        return inThread(self._reactor, storageNow, self._root)
+
+    def listManifests(self, repository: str, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        return maybeDeferred(self._listManifests, repository, last, limit)
+
+    def _listManifests(self, repository: str, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        return inThread(self._reactor, listItems, self._paths(repository).manifests, False, last, limit)
+
+    def touchManifests(self, repository: str, digests: Sequence[str]) -> Deferred[list[str]]:
+        return maybeDeferred(self._touchManifests, repository, digests)
+
+    def _touchManifests(self, repository: str, digests: Sequence[str]) -> Deferred[list[str]]:
+        paths = self._paths(repository)
+        digests = [checkDigest(d) for d in digests]
+        found = inThread(self._reactor, recordUses, [(paths.manifest(d),) for d in digests])
+        return found.addCallback(lambda missing: [digests[i] for i in missing])
+
+    def deleteManifestBefore(self, repository: str, digest: str, before: float) -> Deferred[bool]:
+        return maybeDeferred(self._deleteManifestBefore, repository, digest, before)
+
+    def _deleteManifestBefore(self, repository: str, digest: str, before: float) -> Deferred[bool]:
+        paths = self._paths(repository)
+        return inThread(self._reactor, _collectManifest, paths, checkDigest(digest), before)
+
+    def quarantineManifest(self, repository: str, digest: str) -> Deferred[bool]:
+        return maybeDeferred(self._quarantineManifest, repository, digest)
+
+    def _quarantineManifest(self, repository: str, digest: str) -> Deferred[bool]:
+        paths = self._paths(repository)
+        path = paths.manifest(checkDigest(digest))
+        where = os.path.join("repositories", repository.replace("/", "+"))
+        return inThread(self._reactor, quarantine, self._root, path, where, digest)
