@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from ociklein import errors
 from ociklein._body import Body, readAtMost
-from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, IUpload
+from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, ITaggedManifestBackend, IUpload
 from ociklein.manifests import OCI_INDEX, Manifest, parseManifest
 from ociklein.names import decimal, isDigestShaped, isName, isSupportedDigest, isTag
 
@@ -417,11 +417,19 @@ class RegistryCore:
             descriptor["annotations"] = manifest.annotations
         # Content-addressed: pushing the same bytes again (another tag for
         # one image, a retry) has nothing new to store.
-        if await self.manifests.getManifest(name, digest) is None:
+        stored = await self.manifests.getManifest(name, digest) is not None
+        tagged = list(tags) if isDigest else [reference]
+        if not stored and tagged and ITaggedManifestBackend.providedBy(self.manifests):
+            # Manifest and tags in one step: one durable commit, not one each.
+            await self.manifests.putTaggedManifest(
+                name, tagged, digest, manifest.mediaType, content, manifest.subject, descriptor
+            )
+            return PushedManifest(digest, manifest.subject, tags)
+        if not stored:
             await self.manifests.putManifest(
                 name, digest, manifest.mediaType, content, manifest.subject, descriptor
             )
-        for tag in tags if isDigest else [reference]:
+        for tag in tagged:
             await self.manifests.setTag(name, tag, digest)
         return PushedManifest(digest, manifest.subject, tags)
 

@@ -333,3 +333,27 @@ class IManifestMaintenance(Interface):
         Move manifest C{digest} of C{repository} aside, so that it is
         answered as unknown and can be pushed again; L{False} if absent.
         """
+
+
+class ITaggedManifestBackend(IManifestBackend):
+    """
+    A manifest backend that can store a manifest and tag it in one step.
+
+    Optional: the core uses it when a backend provides it, so that a
+    backend can make both writes durable together (one group commit for
+    both instead of one each) while keeping their order.
+    """
+
+    def putTaggedManifest(
+        repository: str,
+        tags: Sequence[str],
+        digest: str,
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+    ) -> Deferred[None]:
+        """
+        L{putManifest}, then L{setTag} of each of C{tags} to C{digest}:
+        after a crash part-way no tag points at a manifest not stored.
+        """

@@ -20,7 +20,7 @@ from conftest import StubClient, makeBackends, serve
 from helpers import OCI_MANIFEST, digestOf, errorCode, imageManifest, pushBlob
 
 import ociklein.storage.fs._blobs
-import ociklein.storage.fs._manifests
+import ociklein.storage.fs._commit
 from ociklein import Registry
 
 
@@ -106,7 +106,7 @@ async def test_failed_manifest_write(fsClient: Any, monkeypatch: pytest.MonkeyPa
     """A full disk while storing a manifest answers 507 with JSON; the tag does not appear."""
     await pushBlob(fsClient, "repo", b"{}")
     manifest = json.dumps(imageManifest(b"{}", [])).encode()
-    monkeypatch.setattr(ociklein.storage.fs._manifests, "atomicWrite", _fail(errno.ENOSPC))
+    monkeypatch.setattr(ociklein.storage.fs._commit, "writeAll", _fail(errno.ENOSPC))
     response = await fsClient.request(
         "PUT", "/v2/repo/manifests/v1", data=manifest, headers={"Content-Type": OCI_MANIFEST}
     )

@@ -27,7 +27,8 @@ from zope.interface import implementer
 
 from ociklein.interfaces import IBlobMaintenance, IBlobReader, IBlobStore, IUpload, StoredItem
 from ociklein.storage._threads import inThread, resolveReactor
-from ociklein.storage.fs._durable import atomicWrite, discardDir, ensureDir, fsyncDir, removeDurably, writeAll
+from ociklein.storage.fs._commit import atomicWrite
+from ociklein.storage.fs._durable import discardDir, ensureDir, fsyncDir, removeDurably, writeAll
 from ociklein.storage.fs._maintenance import (
     blobUses,
     fencedRemove,

@@ -1,7 +1,8 @@
 """
 Crash-safe file operations: every write is a temp file, fsync, rename, then
-an fsync of the directory, so a reader, another process or a power cut sees
-the old file or the new one, never a torn or missing one.
+an fsync of the directory (put together in L{ociklein.storage.fs._commit}),
+so a reader, another process or a power cut sees the old file or the new
+one, never a torn or missing one.
 """
 
 from __future__ import annotations
@@ -73,27 +74,6 @@ def removeQuietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def atomicWrite(root: str, path: str, data: bytes) -> None:
-    """
-    Replace C{path} with C{data} so that a reader, another process or a
-    crash sees the old file or the new one, never a torn or missing one.
-    """
-    fd, temp = createTemp(root)
-    try:
-        try:
-            writeAll(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        parent = os.path.dirname(path)
-        ensureDir(parent)
-        os.rename(temp, path)
-    except BaseException:
-        removeQuietly(temp)
-        raise
-    fsyncDir(parent)
 
 
 def removeDurably(path: str) -> bool:

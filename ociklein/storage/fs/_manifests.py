@@ -18,9 +18,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
-from ociklein.interfaces import IManifestBackend, IManifestMaintenance, StoredItem
+from ociklein.interfaces import IManifestMaintenance, ITaggedManifestBackend, StoredItem
 from ociklein.storage._threads import inThread, resolveReactor
-from ociklein.storage.fs._durable import atomicWrite, fsyncDir, removeDurably
+from ociklein.storage.fs._commit import GroupCommitter, Put
+from ociklein.storage.fs._durable import fsyncDir, removeDurably
 from ociklein.storage.fs._listing import SortedListings
 from ociklein.storage.fs._maintenance import fencedRemove, listItems, quarantine, recordUses, storageNow
 from ociklein.storage.fs._paths import (
@@ -105,21 +106,11 @@ class _Paths:
         name = digest.replace(":", "-") + ".json"
         return checkInside(self.root, os.path.join(self.referrers(subject), name))
 
-    def register(self) -> None:
+    def register(self) -> Put:
         """
         Enter the repository in the catalog, once.
         """
-        if not os.path.exists(self.catalog):
-            atomicWrite(self.root, self.catalog, b"")
-
-
-def _putManifest(paths: _Paths, digest: str, data: bytes, subject: str | None, descriptor: bytes) -> None:
-    paths.register()
-    # The manifest before its referrers entry: the index may lag behind the
-    # manifests after a crash, but never points at a missing one.
-    atomicWrite(paths.root, paths.manifest(digest), data)
-    if subject is not None:
-        atomicWrite(paths.root, paths.referrer(subject, digest), descriptor)
+        return Put(self.catalog, b"", onlyIfMissing=True)
 
 
 def _subjectOf(path: str) -> str | None:
@@ -213,7 +204,7 @@ def _referrers(paths: _Paths, subject: str) -> list[dict[str, Any]]:
     return found
 
 
-@implementer(IManifestBackend, IManifestMaintenance)
+@implementer(ITaggedManifestBackend, IManifestMaintenance)
 class FilesystemManifestBackend:
     """
     Manifests, tags and referrers under C{root/repositories}, the list of
@@ -225,6 +216,7 @@ class FilesystemManifestBackend:
         self._root = os.path.realpath(root)
         self._reactor = resolveReactor(reactor)
         self._listings = SortedListings()
+        self._committer = GroupCommitter(self._root, self._reactor)
 
     def _paths(self, repository: str) -> _Paths:
         return _Paths(self._root, checkRepository(repository))
@@ -263,14 +255,36 @@ class FilesystemManifestBackend:
         content: bytes,
         subject: str | None,
         descriptor: dict[str, Any],
+        tags: Sequence[str] = (),
     ) -> None:
         paths = self._paths(repository)
         checkDigest(digest)
         if subject is not None:
             checkDigest(subject)
         data = _encodeManifest(mediaType, subject, content)
-        encoded = json.dumps(descriptor).encode()
-        await inThread(self._reactor, _putManifest, paths, digest, data, subject, encoded)
+        # Catalog entry, manifest, then its referrers entry and tag, each
+        # stage durable before the next: after a crash the referrers index
+        # may lag behind the manifests and a tag may not have moved yet, but
+        # neither points at a missing manifest.
+        after = []
+        if subject is not None:
+            after.append(Put(paths.referrer(subject, digest), json.dumps(descriptor).encode()))
+        after += [Put(paths.tag(checkTag(tag)), digest.encode() + b"\n") for tag in tags]
+        await self._committer.write([paths.register()], [Put(paths.manifest(digest), data)], after)
+
+    def putTaggedManifest(
+        self,
+        repository: str,
+        tags: Sequence[str],
+        digest: str,
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(
+            self._putManifest(repository, digest, mediaType, content, subject, descriptor, tags)
+        )
 
     def deleteManifest(self, repository: str, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._deleteManifest(repository, digest))
@@ -293,13 +307,8 @@ class FilesystemManifestBackend:
         paths = self._paths(repository)
         path = paths.tag(checkTag(tag))
         data = checkDigest(digest).encode() + b"\n"
-        await inThread(self._reactor, self._writeTag, paths, path, data)
-
-    @staticmethod
-    def _writeTag(paths: _Paths, path: str, data: bytes) -> None:
-        paths.register()
         # Renamed over the old target: readers see the old digest or the new.
-        atomicWrite(paths.root, path, data)
+        await self._committer.write([paths.register()], [Put(path, data)])
 
     def deleteTag(self, repository: str, tag: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._deleteTag(repository, tag))

@@ -1,0 +1,234 @@
+"""
+Group commit: the small durable writes of concurrent requests (manifests,
+tags, links, catalog entries) share their fsyncs.
+
+Each write is still a temp file, fsynced, renamed into place, with its
+directory fsynced, and each request is answered only once all of that is
+done for every file it wrote.  But while one batch is on its way to the
+disk the next requests queue, and then go together: one pass writes and
+fsyncs all their temp files, renames them, and fsyncs each directory
+once, however many of the batch's files landed in it.  Eight concurrent
+manifest PUTs into one repository then cost eight file fsyncs and one
+fsync of C{_manifests/sha256/}, instead of sixteen fsyncs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.python.failure import Failure
+
+from ociklein.storage._threads import inThread
+from ociklein.storage.fs._durable import createTemp, ensureDir, fsyncDir, removeQuietly, writeAll
+
+
+@dataclass(frozen=True)
+class Put:
+    """
+    Replace C{path} with C{data}, or, if C{onlyIfMissing}, create it unless
+    it is already there (an empty marker such as a link or catalog entry).
+    """
+
+    path: str
+    data: bytes
+    onlyIfMissing: bool = False
+
+
+Stage = Sequence[Put]
+
+
+@dataclass
+class _Temp:
+    """
+    A temp file written for one L{Put}, open until it is fsynced.
+    """
+
+    path: str
+    target: str
+    fd: int | None
+
+
+@dataclass
+class _Request:
+    """
+    The writes of one caller: its stages in order, where each stage is on
+    stable storage before the next one's files are renamed into place, so
+    that a crash part-way never leaves a later file without an earlier.
+    """
+
+    stages: Sequence[Stage]
+    temps: list[list[_Temp]] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def openTemps(self) -> list[_Temp]:
+        return [temp for temps in self.temps for temp in temps if temp.fd is not None]
+
+    def fail(self, error: BaseException) -> None:
+        """
+        Give up: remember why, and remove the temp files.
+        """
+        if self.error is None:
+            self.error = error
+        for temps in self.temps:
+            for temp in temps:
+                if temp.fd is not None:
+                    os.close(temp.fd)
+                    temp.fd = None
+                removeQuietly(temp.path)
+        self.temps = []
+
+
+def _load() -> Callable[[int], None]:
+    """
+    C{sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)} where the C library
+    has it, else nothing: starting the writeback of every temp file of a
+    batch before the first fsync lets one journal commit carry them all,
+    which halves what the batch's fsyncs cost on ext4.  Only a hint: each
+    file is fsynced all the same.
+    """
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd: None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+
+    def startWriteback(fd: int) -> None:
+        function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+    return startWriteback
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+startWriteback = _load()
+
+
+def _write(root: str, request: _Request) -> None:
+    """
+    Write a temp file for each file the request will rename into place,
+    skipping markers that already exist.
+    """
+    for stage in request.stages:
+        temps: list[_Temp] = []
+        request.temps.append(temps)
+        for put in stage:
+            if put.onlyIfMissing and os.path.exists(put.path):
+                continue
+            fd, path = createTemp(root)
+            temps.append(_Temp(path, put.path, fd))
+            writeAll(fd, put.data)
+
+
+def _sync(request: _Request) -> None:
+    for temp in request.openTemps():
+        fd, temp.fd = temp.fd, None
+        try:
+            os.fsync(fd)  # type: ignore[arg-type]
+        finally:
+            os.close(fd)  # type: ignore[arg-type]
+
+
+def _rename(request: _Request, stage: int, touched: dict[str, list[_Request]]) -> None:
+    """
+    Move the request's temp files of C{stage} into place, noting which
+    directories now need an fsync for whom.
+    """
+    for temp in request.temps[stage] if stage < len(request.temps) else []:
+        parent = os.path.dirname(temp.target)
+        ensureDir(parent)
+        os.rename(temp.path, temp.target)
+        touched.setdefault(parent, []).append(request)
+
+
+def _each(requests: Sequence[_Request], step: Callable[[_Request], None]) -> None:
+    for request in requests:
+        if request.error is None:
+            try:
+                step(request)
+            except Exception as e:
+                request.fail(e)
+
+
+def commitBatch(root: str, requests: Sequence[_Request]) -> None:
+    """
+    Make every request's files durable with as few fsyncs as the batch
+    allows: all temp files written, then fsynced, then stage by stage the
+    renames and one fsync per directory touched.  A request that fails is
+    marked failed and its temp files removed; the others go on.
+    """
+    _each(requests, lambda request: _write(root, request))
+    for request in requests:
+        for temp in request.openTemps():
+            startWriteback(temp.fd)  # type: ignore[arg-type]
+    _each(requests, _sync)
+    for stage in range(max((len(r.stages) for r in requests), default=0)):
+        touched: dict[str, list[_Request]] = {}
+        _each(requests, partial(_rename, stage=stage, touched=touched))
+        for directory, writers in touched.items():
+            try:
+                fsyncDir(directory)
+            except Exception as e:
+                for request in writers:
+                    request.fail(e)
+
+
+def atomicWrite(root: str, path: str, data: bytes) -> None:
+    """
+    Replace C{path} with C{data} so that a reader, another process or a
+    crash sees the old file or the new one, never a torn or missing one:
+    one write on its own, for a caller already in a thread.
+    """
+    request = _Request([[Put(path, data)]])
+    commitBatch(root, [request])
+    if request.error is not None:
+        raise request.error
+
+
+class GroupCommitter:
+    """
+    Runs L{commitBatch} in the reactor's thread pool, one batch at a time:
+    a request arriving while a batch is being written joins the next one.
+    An idle committer starts a request's batch at once, so a lone request
+    waits for nobody.
+    """
+
+    def __init__(self, root: str, reactor: IReactorThreads) -> None:
+        self._root = root
+        self._reactor = reactor
+        self._waiting: list[tuple[_Request, Deferred[None]]] = []
+        self._busy = False
+
+    def write(self, *stages: Stage) -> Deferred[None]:
+        """
+        Write each stage's files durably, in order; fires once all of them
+        and their directory entries are on stable storage.
+        """
+        done: Deferred[None] = Deferred()
+        self._waiting.append((_Request(stages), done))
+        if not self._busy:
+            self._next()
+        return done
+
+    def _next(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._busy = True
+        inThread(self._reactor, commitBatch, self._root, [r for r, _ in batch]).addBoth(self._finished, batch)
+
+    def _finished(self, result: object, batch: list[tuple[_Request, Deferred[None]]]) -> None:
+        # Still busy while the callers go on: the writes their next steps
+        # make (a PUT's tag after its manifest) queue up and go together.
+        for request, done in batch:
+            if isinstance(result, Failure):
+                done.errback(result)
+            elif request.error is not None:
+                done.errback(Failure(request.error))
+            else:
+                done.callback(None)
+        self._busy = False
+        if self._waiting:
+            self._next()

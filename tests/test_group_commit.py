@@ -1,0 +1,172 @@
+"""
+Group commit on the fs backend: concurrent manifest PUTs share fsyncs, yet
+each is acknowledged only once its files and directory entries are on
+stable storage, proven from the recorded sequence of os calls.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from conftest import StubClient, makeBackends
+from helpers import OCI_MANIFEST, digestOf, imageManifest, pushBlob
+from osrecording import OSRecorder
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.python.failure import Failure
+
+from ociklein import Registry
+from ociklein.storage.fs._commit import GroupCommitter, Put
+
+CLIENTS = 8
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "root"
+
+
+def manifests(count: int) -> list[bytes]:
+    return [
+        json.dumps(imageManifest(b"{}", [b"layer"], annotations={"n": str(i)})).encode() for i in range(count)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_everyAcknowledgedPutIsDurable(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each concurrent manifest PUT's manifest, tag and catalog entry are durable before its 201."""
+    manifestBackend, blobs = makeBackends("fs", root)
+    client = StubClient(Registry(manifestBackend, blobs))
+    await pushBlob(client, "repo", b"{}")
+    await pushBlob(client, "repo", b"layer")
+    recorder = OSRecorder().install(monkeypatch)
+    acks: dict[int, int] = {}
+
+    async def put(i: int, body: bytes) -> None:
+        response = await client.request(
+            "PUT", f"/v2/repo/manifests/t{i}", data=body, headers={"Content-Type": OCI_MANIFEST}
+        )
+        assert response.code == 201
+        acks[i] = recorder.mark("ack", f"t{i}")
+
+    bodies = manifests(CLIENTS)
+    await DeferredList(
+        [Deferred.fromCoroutine(put(i, body)) for i, body in enumerate(bodies)], fireOnOneErrback=True
+    )
+    blobs.close()
+    repo = root / "repositories" / "repo"
+    for i, body in enumerate(bodies):
+        hexdigest = digestOf(body).partition(":")[2]
+        for path in [
+            repo / "_manifests" / "sha256" / hexdigest,
+            repo / "_tags" / f"t{i}",
+            root / "catalog" / "repo",
+        ]:
+            assert recorder.durableBefore(str(path), acks[i]) == []
+    # The tags went into one directory in fewer passes than there were PUTs.
+    assert recorder.count("fsync", str(repo / "_tags")) < CLIENTS
+
+
+class _ManualPool:
+    """
+    A thread pool that runs nothing until the test says so: batches are
+    then formed exactly as they would be while a slow disk is busy.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[Callable[[], None]] = []
+
+    def callInThreadWithCallback(self, onResult: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        def job() -> None:
+            try:
+                result = f(*args, **kwargs)
+            except BaseException as e:
+                onResult(False, Failure(e))
+            else:
+                onResult(True, result)
+
+        self.jobs.append(job)
+
+    def runOne(self) -> None:
+        self.jobs.pop(0)()
+
+
+class _ManualReactor:
+    def __init__(self) -> None:
+        self.pool = _ManualPool()
+
+    def getThreadPool(self) -> _ManualPool:
+        return self.pool
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+def _fired(d: Deferred[Any]) -> list[Any]:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    return results
+
+
+def test_waitingWritesGoTogether(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes queued behind a running batch go in one batch: one fsync per file, one per directory."""
+    target = root / "dir"
+    (root / "tmp").mkdir(parents=True)
+    reactor = _ManualReactor()
+    committer = GroupCommitter(str(root), reactor)  # type: ignore[arg-type]
+    first = _fired(committer.write([Put(str(target / "first"), b"1")]))
+    rest = [_fired(committer.write([Put(str(target / f"f{i}"), b"x")])) for i in range(5)]
+    assert len(reactor.pool.jobs) == 1  # the lone first write started at once; the others wait
+    reactor.pool.runOne()
+    assert first == [None] and all(r == [] for r in rest)
+    recorder = OSRecorder().install(monkeypatch)
+    reactor.pool.runOne()
+    assert all(r == [None] for r in rest)
+    assert recorder.count("fsync") == 5 + 1
+    assert recorder.count("fsync", str(target)) == 1
+    assert sorted(os.listdir(target)) == ["f0", "f1", "f2", "f3", "f4", "first"]
+
+
+def test_stagesInOrder(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later stage's file is renamed into place only after the earlier stage's directory is fsynced."""
+    (root / "tmp").mkdir(parents=True)
+    reactor = _ManualReactor()
+    committer = GroupCommitter(str(root), reactor)  # type: ignore[arg-type]
+    recorder = OSRecorder().install(monkeypatch)
+    done = _fired(
+        committer.write([Put(str(root / "a" / "manifest"), b"m")], [Put(str(root / "b" / "tag"), b"t")])
+    )
+    reactor.pool.runOne()
+    assert done == [None]
+    kinds = [(e.kind, e.target or e.path) for e in recorder.events if e.kind in ("rename", "fsync")]
+    assert kinds.index(("fsync", str(root / "a"))) < kinds.index(("rename", str(root / "b" / "tag")))
+
+
+def test_oneFailureFailsOnlyItsWriter(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write failing in a batch fails its own caller and leaves no temp file; the others are stored."""
+    (root / "tmp").mkdir(parents=True)
+    reactor = _ManualReactor()
+    committer = GroupCommitter(str(root), reactor)  # type: ignore[arg-type]
+    _fired(committer.write([Put(str(root / "d" / "first"), b"1")]))
+    real = os.write
+
+    def failing(fd: int, data: Any) -> int:
+        if bytes(data) == b"doomed":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", failing)
+    good = _fired(committer.write([Put(str(root / "d" / "good"), b"fine")]))
+    bad = _fired(committer.write([Put(str(root / "d" / "bad"), b"doomed")]))
+    reactor.pool.runOne()
+    reactor.pool.runOne()
+    assert good == [None]
+    assert isinstance(bad[0], Failure) and bad[0].value.errno == errno.ENOSPC
+    assert sorted(os.listdir(root / "d")) == ["first", "good"]
+    assert os.listdir(root / "tmp") == []
