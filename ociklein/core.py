@@ -9,7 +9,7 @@ import errno
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,13 +161,18 @@ class RegistryCore:
         if not await self.blobs.unlink(name, digest):
             raise errors.blobUnknown(digest)
 
-    async def mountBlob(self, name: str, digest: str, source: str) -> bool:
+    async def mountBlob(
+        self, name: str, digest: str, source: str, mayPull: Callable[[str], bool] | None = None
+    ) -> bool:
         """
-        Link a blob of C{source} into C{name}; L{False} if C{source} lacks it.
+        Link a blob of C{source} into C{name}; L{False} if C{source} lacks it
+        or the caller may not pull from C{source} (C{mayPull}).
         """
         self.checkName(name)
         self.checkDigest(digest)
-        if not isName(source) or not await self.blobs.isLinked(source, digest):
+        if not isName(source) or (mayPull is not None and not mayPull(source)):
+            return False
+        if not await self.blobs.isLinked(source, digest):
             return False
         await self.blobs.link(name, digest)
         return True
@@ -482,10 +487,24 @@ class RegistryCore:
             raise errors.nameUnknown(name)
         return self._page(found, limit)
 
-    async def catalog(self, n: str | None, last: str | None) -> Page:
+    async def catalog(
+        self, n: str | None, last: str | None, visible: Callable[[str], bool] | None = None
+    ) -> Page:
+        """
+        One page of repository names, only those C{visible} to the caller.
+        """
         limit = self._limit(n)
         found = await self.manifests.listRepositories(last or None, limit + 1)
-        return self._page(found, limit)
+        if visible is None:
+            return self._page(found, limit)
+        # Fill the page from successive batches: hidden names do not count.
+        batch = limit + 1
+        shown = [name for name in found if visible(name)]
+        while len(shown) <= limit and len(found) == batch:
+            batch = max(limit + 1, 256)
+            found = await self.manifests.listRepositories(found[-1], batch)
+            shown.extend(name for name in found if visible(name))
+        return self._page(shown, limit)
 
     async def referrers(self, name: str, digest: str, artifactType: str | None) -> bytes:
         """

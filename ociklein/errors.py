@@ -138,3 +138,23 @@ def forOSError(e: OSError) -> OCIError:
     if e.errno in _OUT_OF_SPACE:
         return storageFull(e.strerror or str(e))
     return internal()
+
+
+def unauthorized(challenge: str, detail: Any = None) -> OCIError:
+    return OCIError(401, "UNAUTHORIZED", "authentication required", detail, {"WWW-Authenticate": challenge})
+
+
+def denied(action: str, repository: str) -> OCIError:
+    return OCIError(
+        403, "DENIED", "requested access to the resource is denied", {"action": action, "name": repository}
+    )
+
+
+def tooManyRequests(retryAfter: int) -> OCIError:
+    return OCIError(
+        429,
+        "TOOMANYREQUESTS",
+        "too many failed logins",
+        {"retryAfter": retryAfter},
+        {"Retry-After": str(retryAfter)},
+    )

@@ -17,6 +17,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from ociklein._workers import listenReusingPort
+from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES, RegistryCore
 from ociklein.http._plainhttp import RefuseTLSFactory
 from ociklein.http._routes import RegistryRoutes
@@ -43,14 +44,21 @@ class Registry:
         *,
         maxManifestBytes: int = DEFAULT_MAX_MANIFEST_BYTES,
         allowSparseManifests: bool = False,
+        access: AccessControl | None = None,
+        readOnly: bool = False,
     ) -> None:
+        """
+        With C{access}, every request is authenticated and authorized (see
+        L{ociklein.auth}); with C{readOnly}, every write is refused.
+        """
         self.core = RegistryCore(
             manifests if manifests is not None else MemoryManifestBackend(),
             blobs if blobs is not None else MemoryBlobStore(),
             maxManifestBytes=maxManifestBytes,
             allowSparseManifests=allowSparseManifests,
         )
-        self._routes = RegistryRoutes(self.core)
+        self.access = access
+        self._routes = RegistryRoutes(self.core, access, readOnly)
 
     def resource(self) -> IResource:
         """

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ociklein._workers import WorkersService, dieWithParent, isReusableTCP
+from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
 from ociklein.registry import Registry
 
@@ -32,8 +33,18 @@ DEFAULTS: dict[str, Any] = {
     # Optional parts of the distribution spec: a switch on the command line,
     # yes or no in the file.
     "allow-sparse-manifests": False,
+    # Access control (ociklein.auth); see docs/auth.md.
+    "htpasswd": None,
+    "access": None,
+    "token-key": None,
+    "token-realm": None,
+    "token-issuer": "ociklein",
+    "token-service": "ociklein",
+    "token-public-key": None,
+    "read-only": False,
 }
-_SWITCHES = ("allow-sparse-manifests",)
+_SWITCHES = ("allow-sparse-manifests", "read-only")
+_FILES = ("htpasswd", "access", "token-key", "token-public-key", "token-realm")
 _CONVERT = {"max-manifest-bytes": int, "upload-ttl": float, "workers": int}
 _BOOLEANS = {
     "yes": True,
@@ -62,6 +73,28 @@ class Options(usage.Options):
         ["access-log", None, None, "Log one line per request: yes or no. [default: yes]"],
         ["workers", None, None, "Processes serving the fs backend on the same TCP ports. [default: 1]"],
         ["config", "c", None, "An INI file with an [ociregistry] section of these options."],
+        [
+            "htpasswd",
+            None,
+            None,
+            "Users: an htpasswd file of bcrypt entries (htpasswd -B); re-read on change.",
+        ],
+        [
+            "access",
+            None,
+            None,
+            "Per-repository policies: a TOML file; re-read on change. [default: users may all]",
+        ],
+        ["token-key", None, None, "PEM private key (EC P-256 or RSA): bearer tokens, served at /token."],
+        [
+            "token-realm",
+            None,
+            None,
+            "URL of the token service clients are sent to. [default: this server's /token]",
+        ],
+        ["token-issuer", None, None, "Issuer (iss) of the tokens. [default: ociklein]"],
+        ["token-service", None, None, "Service (aud) of the tokens. [default: ociklein]"],
+        ["token-public-key", None, None, "PEM public key or certificate of an external token service."],
     ]
 
     def __init__(self) -> None:
@@ -71,6 +104,7 @@ class Options(usage.Options):
     optFlags = [
         ["worker", None, "(internal) Serve as a worker started by another ociregistry process."],
         ["allow-sparse-manifests", None, "Accept manifests naming blobs or manifests the repository lacks."],
+        ["read-only", None, "Refuse every write (POST, PATCH, PUT, DELETE) with 405."],
     ]
 
     def opt_listen(self, description: str) -> None:
@@ -98,12 +132,32 @@ class Options(usage.Options):
             values[key] = value.split() if key == "listen" else value
         return values
 
+    def _checkAccess(self) -> None:
+        """
+        Validate the access-control options by loading their files once, so
+        that a bad file is a usage error naming it (and the line).
+        """
+        for key in _FILES:
+            if self[key] == "":
+                self[key] = None
+        if self["token-key"] and self["token-public-key"]:
+            raise usage.UsageError("--token-key (built-in token service) excludes --token-public-key")
+        if self["token-public-key"] and not self["token-realm"]:
+            raise usage.UsageError("--token-public-key needs --token-realm, the external token service's URL")
+        if self["token-realm"] and not (self["token-key"] or self["token-public-key"]):
+            raise usage.UsageError("--token-realm needs --token-key or --token-public-key")
+        try:
+            accessControl(self, None)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
     def postOptions(self) -> None:
         fromFile = self._fromFile(self["config"]) if self["config"] else {}
         for key, default in DEFAULTS.items():
             given = self[key] if key in self else None
             if given in (None, []) or (key in _SWITCHES and not given):
                 self[key] = fromFile.get(key, default)
+        self._checkAccess()
         for key, convert in _CONVERT.items():
             try:
                 self[key] = convert(self[key])
@@ -154,12 +208,37 @@ def _switchArguments(options: Options | dict[str, Any]) -> list[str]:
     return [f"--{key}" for key in _SWITCHES if options.get(key)]
 
 
+def accessControl(options: Options | dict[str, Any], reactor: Any) -> AccessControl | None:
+    """
+    The access control the options ask for; L{None} without any.
+    """
+    files = {key: options.get(key) for key in _FILES}
+    if not any(files.values()):
+        return None
+    if reactor is None:
+        from twisted.internet import reactor
+    return AccessControl.fromFiles(
+        reactor,
+        htpasswd=files["htpasswd"],
+        access=files["access"],
+        tokenKey=files["token-key"],
+        tokenPublicKey=files["token-public-key"],
+        tokenRealm=files["token-realm"],
+        tokenIssuer=options.get("token-issuer"),
+        tokenService=options.get("token-service"),
+    )
+
+
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IService:
     """
     The registry service the options describe.
     """
     backend = options["backend"]
     onStop = None
+    guard: dict[str, Any] = {
+        "access": accessControl(options, reactor),
+        "readOnly": bool(options.get("read-only")),
+    }
     if backend == "fs":
         from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
 
@@ -170,11 +249,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             raise usage.UsageError(f"--root {root}: {e}") from None
         blobs = FilesystemBlobStore(root, reactor=reactor, uploadTTL=options["upload-ttl"])
         manifests = FilesystemManifestBackend(root, reactor=reactor)
-        registry = Registry(manifests, blobs, **_registryOptions(options))
+        registry = Registry(manifests, blobs, **_registryOptions(options), **guard)
         onStop = blobs.close
         log.info("ociklein backend: fs, root: {root}", root=root)
     else:
-        registry = Registry(**_registryOptions(options))
+        registry = Registry(**_registryOptions(options), **guard)
         log.warn("ociklein backend: memory; every image is lost when the process exits")
     top = MultiService()
     accessLog = options.get("access-log", True)
@@ -194,6 +273,12 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             f"--upload-ttl={options['upload-ttl']}",
             f"--access-log={'yes' if accessLog else 'no'}",
             *_switchArguments(options),
+            *(f"--{key}={os.path.abspath(options[key])}" for key in _FILES[:-1] if options.get(key)),
+            *(
+                f"--{key}={options[key]}"
+                for key in ("token-realm", "token-issuer", "token-service")
+                if options.get(key)
+            ),
         ]
         if reactor is None:
             from twisted.internet import reactor

@@ -28,6 +28,17 @@ from ociklein.tap import DEFAULTS, SECTION, Options, _switchArguments, makeServi
 TAP_CFG = Path(__file__).resolve().parent.parent / "tap.cfg"
 TWISTD = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
 
+AUTH_DEFAULTS = {
+    "htpasswd": None,
+    "access": None,
+    "token-key": None,
+    "token-realm": None,
+    "token-issuer": "ociklein",
+    "token-service": "ociklein",
+    "token-public-key": None,
+    "read-only": False,
+}
+
 EXPECTED_DEFAULTS = {
     "listen": ["tcp:5000"],
     "backend": "memory",
@@ -37,6 +48,7 @@ EXPECTED_DEFAULTS = {
     "access-log": True,
     "workers": 1,
     "allow-sparse-manifests": False,
+    **AUTH_DEFAULTS,
 }
 
 
@@ -90,6 +102,7 @@ def test_config_file(tmp_path: Path) -> None:
             "access-log": False,
             "workers": 1,
             "allow-sparse-manifests": False,
+            **AUTH_DEFAULTS,
         }
 
 
@@ -108,6 +121,7 @@ def test_precedence(tmp_path: Path) -> None:
         "access-log": True,
         "workers": 1,
         "allow-sparse-manifests": False,
+        **AUTH_DEFAULTS,
     }
     assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
     assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]

@@ -21,6 +21,7 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
 from ociklein import errors
+from ociklein.auth import BASE, CATALOG, AccessControl, IRegistryUser
 from ociklein.core import Page, RegistryCore
 from ociklein.errors import OCIError
 from ociklein.http._download import BlobSender, parseRange
@@ -33,6 +34,7 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 _ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("base", re.compile(r"/v2/?")),
+    ("token", re.compile(r"/token")),
     ("catalog", re.compile(r"/v2/_catalog")),
     ("manifest", re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)")),
     ("uploads", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?")),
@@ -43,6 +45,29 @@ _ROUTES: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 Handler = Callable[..., Awaitable[bytes | None]]
+
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# What each route and method needs of the caller: signed in (base), the
+# catalog, or an action in the repository the path names.  The token
+# service checks its callers itself.
+_NEEDS: dict[tuple[str, str], str | None] = {
+    ("base", "GET"): BASE,
+    ("token", "GET"): None,
+    ("catalog", "GET"): CATALOG,
+    ("manifest", "GET"): "pull",
+    ("manifest", "PUT"): "push",
+    ("manifest", "DELETE"): "delete",
+    ("uploads", "POST"): "push",
+    ("upload", "GET"): "push",
+    ("upload", "PATCH"): "push",
+    ("upload", "PUT"): "push",
+    ("upload", "DELETE"): "push",
+    ("blob", "GET"): "pull",
+    ("blob", "DELETE"): "delete",
+    ("tags", "GET"): "pull",
+    ("referrers", "GET"): "pull",
+}
 
 
 def _header(request: IRequest, name: str) -> str | None:
@@ -90,6 +115,13 @@ def _json(request: IRequest, status: int, document: Any, headers: dict[str, str]
 
 def _error(request: IRequest, error: OCIError) -> bytes:
     return _respond(request, error.status, error.headers, error.body(), "application/json")
+
+
+def _user(request: IRequest) -> IRegistryUser | None:
+    """
+    The caller, when access control is on.
+    """
+    return request.getComponent(IRegistryUser)  # type: ignore[attr-defined, no-any-return]
 
 
 def _uploadHeaders(name: str, uploadId: str, size: int) -> dict[str, str]:
@@ -159,10 +191,15 @@ class RegistryRoutes:
 
     app = Klein()
 
-    def __init__(self, core: RegistryCore) -> None:
+    def __init__(
+        self, core: RegistryCore, access: AccessControl | None = None, readOnly: bool = False
+    ) -> None:
         self.core = core
+        self.access = access
+        self.readOnly = readOnly
         self._handlers: dict[tuple[str, str], Handler] = {
             ("base", "GET"): self.base,
+            ("token", "GET"): self.token,
             ("catalog", "GET"): self.catalog,
             ("manifest", "GET"): self.getManifest,
             ("manifest", "PUT"): self.putManifest,
@@ -225,12 +262,19 @@ class RegistryRoutes:
                     continue
                 lookup = "GET" if method == "HEAD" else method
                 handler = self._handlers.get((route, lookup))
-                if handler is None:
+                if handler is None or (self.readOnly and lookup in _WRITES):
                     allowed = {m for r, m in self._handlers if r == route}
                     if "GET" in allowed:
                         allowed.add("HEAD")
+                    if self.readOnly:
+                        allowed -= _WRITES
+                        if handler is not None:
+                            raise errors.unsupported("the registry is read-only", allow=sorted(allowed))
                     raise errors.unsupported(f"{method} is not allowed on {route}", allow=sorted(allowed))
-                return await handler(request, **match.groupdict())
+                arguments = match.groupdict()
+                if self.access is not None:
+                    await self._authorize(request, route, lookup, arguments.get("name"))
+                return await handler(request, **arguments)
             raise OCIError(404, "NAME_UNKNOWN", "no such endpoint", {"path": path})
         except OCIError as e:
             return _error(request, e)
@@ -245,13 +289,35 @@ class RegistryRoutes:
             log.failure("unexpected error serving {method} {path}", method=method, path=path)
             return _error(request, errors.internal())
 
+    async def _authorize(self, request: IRequest, route: str, method: str, name: str | None) -> None:
+        """
+        Let the request through only if its caller may do what it asks;
+        the caller goes with the request, for the handlers and the log.
+        """
+        assert self.access is not None
+        need = _NEEDS[(route, method)]
+        if need is None:
+            return
+        user = await self.access.authorize(request, need, name)
+        request.setComponent(IRegistryUser, user)  # type: ignore[attr-defined]
+        request.ociklein_user = user.name or "-"  # type: ignore[attr-defined]
+
     # -- base and listings ------------------------------------------------
 
     async def base(self, request: IRequest) -> bytes:
         return _json(request, 200, {})
 
+    async def token(self, request: IRequest) -> bytes:
+        if self.access is None:
+            raise OCIError(404, "NAME_UNKNOWN", "no token service here", {})
+        scopes = [v.decode("utf-8", "replace") for v in request.args.get(b"scope", [])]  # type: ignore[attr-defined]
+        answer = await self.access.issueToken(request, _arg(request, "service"), scopes)
+        return _json(request, 200, answer, {"Cache-Control": "no-store"})
+
     async def catalog(self, request: IRequest) -> bytes:
-        page = await self.core.catalog(_arg(request, "n"), _arg(request, "last"))
+        user = _user(request)
+        visible = None if user is None else user.listable
+        page = await self.core.catalog(_arg(request, "n"), _arg(request, "last"), visible)
         headers = _nextLink("/v2/_catalog", page)
         return _json(request, 200, {"repositories": page.items}, headers)
 
@@ -338,7 +404,9 @@ class RegistryRoutes:
         self.core.checkName(name)
         mount, source, digest = _arg(request, "mount"), _arg(request, "from"), _arg(request, "digest")
         if mount is not None:
-            if source is not None and await self.core.mountBlob(name, mount, source):
+            user = _user(request)
+            mayPull = None if user is None else (lambda repository: user.may("pull", repository))
+            if source is not None and await self.core.mountBlob(name, mount, source, mayPull):
                 return _blobCreated(request, name, mount)
         elif digest is not None:
             await self.core.uploadBlob(name, digest, requestBody(request))
