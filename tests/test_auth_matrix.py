@@ -199,7 +199,7 @@ class Matrix:
 @pytest.mark.parametrize("user", USERS)
 @pytest_twisted.ensureDeferred
 async def test_matrix(backend: tuple[Any, Any], transport: str, mode: str, user: str, tmp_path: Path) -> None:
-    """Every route and method answers each kind of caller with the exact status and error code the policy implies."""
+    """Every route and method answers each kind of caller with the status and code the policy implies."""
     registry = Registry(*backend, access=accessControl(tmp_path, mode))
     if transport == "stub":
         await runMatrix(StubClient(registry), mode, user, tmp_path)

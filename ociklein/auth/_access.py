@@ -17,6 +17,7 @@ from twisted.cred.checkers import ANONYMOUS, AllowAnonymousAccess
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from ociklein import errors
@@ -80,15 +81,17 @@ class AccessControl:
         throttle: LoginThrottle | None = None,
         realmName: str = "ociklein",
         cacheSize: int = 1024,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
         self._users = users
         self._policyFile = policy
         self._defaultPolicy = Policy.allowAuthenticated()
         self.issuer = issuer
         self.verifier = verifier
         self.tokenRealm = tokenRealm
-        self.throttle = throttle if throttle is not None else LoginThrottle(reactor)
+        self.throttle = throttle if throttle is not None else LoginThrottle(self._clock)
         self.realmName = realmName
         self._basicChallenge = f'Basic realm="{realmName}"'
         self.realm = RegistryRealm(self.policy)
@@ -164,13 +167,15 @@ class AccessControl:
             raise errors.unauthorized(challenge, {"reason": "malformed Basic credentials"})
         if credentials[0] == b"":
             return self.anonymous
+        # Before the cache: a throttled address learns nothing, not even
+        # that a guess matches credentials verified earlier.
+        address = _clientAddress(request)
+        self.throttle.check(address)
         cached = self._verified.get(header)
         if cached is not None and cached[1] == self._usersGeneration():
             return cached[0]
         if self.passwords is None:
             raise errors.unauthorized(challenge)
-        address = _clientAddress(request)
-        self.throttle.check(address)
 
         def failed() -> Exception:
             self.throttle.failed(address)
@@ -183,7 +188,7 @@ class AccessControl:
 
     async def _tokenUser(self, request: IRequest, header: bytes, value: bytes, scope: str | None) -> Any:
         cached = self._verified.get(header)
-        if cached is not None and self._reactor.seconds() < cached[2]:
+        if cached is not None and self._clock.seconds() < cached[2]:
             return cached[0]
 
         def failed() -> Exception:
@@ -304,15 +309,18 @@ class AccessControl:
         tokenIssuer: str | None = None,
         tokenService: str | None = None,
         reloadInterval: float = 1.0,
+        clock: IReactorTime | None = None,
     ) -> AccessControl:
         """
         Access control from the operator's files; L{ValueError} (naming the
         file, and the line where there is one) for any that cannot be used.
         """
 
+        clock = clock if clock is not None else reactor
+
         def watch(path: str, parse: Callable[[str], Any], option: str) -> WatchedFile[Any]:
             try:
-                return WatchedFile(path, parse, reactor, reloadInterval)
+                return WatchedFile(path, parse, clock, reloadInterval)
             except OSError as e:
                 raise ValueError(f"--{option} {path}: {e.strerror}") from None
             except ValueError as e:
@@ -324,11 +332,17 @@ class AccessControl:
         issuerName, serviceName = tokenIssuer or "ociklein", tokenService or "ociklein"
         if tokenKey:
             key, algorithm = loadSigningKey(tokenKey)
-            issuer = TokenIssuer(key, algorithm, issuerName, serviceName, reactor)
-            verifier = TokenVerifier(key, algorithm, issuerName, serviceName, reactor)
+            issuer = TokenIssuer(key, algorithm, issuerName, serviceName, clock)
+            verifier = TokenVerifier(key, algorithm, issuerName, serviceName, clock)
         elif tokenPublicKey:
             key, algorithm = loadVerifyingKey(tokenPublicKey)
-            verifier = TokenVerifier(key, algorithm, issuerName, serviceName, reactor)
+            verifier = TokenVerifier(key, algorithm, issuerName, serviceName, clock)
         return cls(
-            reactor, users=users, policy=policy, issuer=issuer, verifier=verifier, tokenRealm=tokenRealm
+            reactor,
+            users=users,
+            policy=policy,
+            issuer=issuer,
+            verifier=verifier,
+            tokenRealm=tokenRealm,
+            clock=clock,
         )
