@@ -19,6 +19,7 @@ from zope.interface import implementer
 from ociklein._workers import listenReusingPort
 from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES, RegistryCore
+from ociklein.http._limits import Limits
 from ociklein.http._plainhttp import RefuseTLSFactory
 from ociklein.http._routes import RegistryRoutes
 from ociklein.http._streaming import makeSite
@@ -70,12 +71,13 @@ class Registry:
         """
         return self._routes.resource()
 
-    def site(self, reactor: Any = None, accessLog: bool = True) -> Site:
+    def site(self, reactor: Any = None, accessLog: bool = True, limits: Limits | None = None) -> Site:
         """
-        A L{Site} serving the registry with streaming request bodies; one
+        A L{Site} serving the registry with streaming request bodies,
+        keeping clients within C{limits} (connections, deadlines); one
         access log line per request unless C{accessLog} is false.
         """
-        return makeSite(self.resource(), reactor=reactor, accessLog=accessLog)
+        return makeSite(self.resource(), reactor=reactor, accessLog=accessLog, limits=limits)
 
     def service(
         self,
@@ -84,12 +86,13 @@ class Registry:
         onStop: Any = None,
         accessLog: bool = True,
         reusePort: bool = False,
+        limits: Limits | None = None,
     ) -> IService:
         """
         An L{IService} listening on each Twisted server endpoint string;
         with C{reusePort}, TCP ports other processes may listen on too.
         """
-        return _ListeningService(self, listen, reactor, onStop, accessLog, reusePort)
+        return _ListeningService(self, listen, reactor, onStop, accessLog, reusePort, limits)
 
 
 @implementer(IService)
@@ -102,6 +105,7 @@ class _ListeningService(Service):
         onStop: Any,
         accessLog: bool = True,
         reusePort: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -113,12 +117,13 @@ class _ListeningService(Service):
         self._onStop = onStop
         self._accessLog = accessLog
         self._reusePort = reusePort
+        self._limits = limits
         self.ports: list[IListeningPort] = []
         self.listening: Deferred[list[IListeningPort]] = Deferred()
 
     def startService(self) -> None:
         super().startService()
-        site = self._registry.site(self._reactor, accessLog=self._accessLog)
+        site = self._registry.site(self._reactor, accessLog=self._accessLog, limits=self._limits)
         waiting = []
         for description in self._descriptions:
             factory = site if description.startswith(("ssl:", "tls:")) else RefuseTLSFactory(site)

@@ -17,6 +17,7 @@ from twisted.python import usage
 from ociklein._workers import WorkersService, dieWithParent, isReusableTCP
 from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
+from ociklein.http._limits import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Limits, raiseFileLimit
 from ociklein.registry import Registry
 
 log = Logger()
@@ -42,10 +43,20 @@ DEFAULTS: dict[str, Any] = {
     "token-service": "ociklein",
     "token-public-key": None,
     "read-only": False,
+    # Bounds on what clients can hold (ociklein.http._limits).
+    "max-connections": "auto",
+    "header-timeout": DEFAULT_HEADER_TIMEOUT,
+    "idle-timeout": DEFAULT_IDLE_TIMEOUT,
 }
 _SWITCHES = ("allow-sparse-manifests", "read-only")
 _FILES = ("htpasswd", "access", "token-key", "token-public-key", "token-realm")
-_CONVERT = {"max-manifest-bytes": int, "upload-ttl": float, "workers": int}
+_CONVERT = {
+    "max-manifest-bytes": int,
+    "upload-ttl": float,
+    "workers": int,
+    "header-timeout": float,
+    "idle-timeout": float,
+}
 _BOOLEANS = {
     "yes": True,
     "true": True,
@@ -72,6 +83,20 @@ class Options(usage.Options):
         ["upload-ttl", None, None, "Seconds after which an upload session expires. [default: 86400]"],
         ["access-log", None, None, "Log one line per request: yes or no. [default: yes]"],
         ["workers", None, None, "Processes serving the fs backend on the same TCP ports. [default: 1]"],
+        [
+            "max-connections",
+            None,
+            None,
+            "Open connections kept at most; auto: the open-files limit less a quarter (at most 256)"
+            " kept for files. [default: auto]",
+        ],
+        ["header-timeout", None, None, "Seconds a client has to send a request's headers. [default: 30]"],
+        [
+            "idle-timeout",
+            None,
+            None,
+            "Seconds a connection may make no progress sending a body or reading an answer. [default: 60]",
+        ],
         ["config", "c", None, "An INI file with an [ociregistry] section of these options."],
         [
             "htpasswd",
@@ -165,6 +190,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be a number, not {self[key]!r}") from None
             if not self[key] > 0:  # also refuses nan
                 raise usage.UsageError(f"--{key} must be positive")
+        self["max-connections"] = _maxConnections(self["max-connections"])
         for key in ("access-log", *_SWITCHES):
             if not isinstance(self[key], bool):
                 flag = _BOOLEANS.get(str(self[key]).strip().lower())
@@ -188,6 +214,44 @@ class Options(usage.Options):
             for description in self["listen"]:
                 if not isReusableTCP(reactor, description):
                     raise usage.UsageError(f"--workers above 1 needs tcp: endpoints, not {description!r}")
+
+
+def _maxConnections(value: Any) -> int | None:
+    """
+    A positive number of connections, or L{None} for auto.
+    """
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--max-connections must be a number or auto, not {value!r}") from None
+    if number <= 0:
+        raise usage.UsageError("--max-connections must be positive")
+    return number
+
+
+def _limits(options: Options | dict[str, Any]) -> Limits:
+    """
+    The connection limits the options give.
+    """
+    return Limits(
+        maxConnections=options.get("max-connections"),
+        headerTimeout=options.get("header-timeout", DEFAULT_HEADER_TIMEOUT),
+        idleTimeout=options.get("idle-timeout", DEFAULT_IDLE_TIMEOUT),
+    )
+
+
+def _limitArguments(options: Options | dict[str, Any]) -> list[str]:
+    """
+    The command-line options that hand the connection limits to a worker.
+    """
+    limits = _limits(options)
+    return [
+        f"--max-connections={limits.maxConnections or 'auto'}",
+        f"--header-timeout={limits.headerTimeout}",
+        f"--idle-timeout={limits.idleTimeout}",
+    ]
 
 
 def _registryOptions(options: Options | dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +299,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     """
     backend = options["backend"]
     onStop = None
+    raiseFileLimit()
     guard: dict[str, Any] = {
         "access": accessControl(options, reactor),
         "readOnly": bool(options.get("read-only")),
@@ -262,7 +327,12 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     if worker:
         dieWithParent()
     service = registry.service(
-        list(options["listen"]), reactor, onStop, accessLog=accessLog, reusePort=worker or extraWorkers > 0
+        list(options["listen"]),
+        reactor,
+        onStop,
+        accessLog=accessLog,
+        reusePort=worker or extraWorkers > 0,
+        limits=_limits(options),
     )
     service.setServiceParent(top)
     if extraWorkers > 0:
@@ -279,6 +349,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
                 for key in ("token-realm", "token-issuer", "token-service")
                 if options.get(key)
             ),
+            *_limitArguments(options),
         ]
         if reactor is None:
             from twisted.internet import reactor

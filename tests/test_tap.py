@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,9 @@ EXPECTED_DEFAULTS = {
     "workers": 1,
     "allow-sparse-manifests": False,
     **AUTH_DEFAULTS,
+    "max-connections": None,
+    "header-timeout": 30.0,
+    "idle-timeout": 60.0,
 }
 
 
@@ -90,7 +94,8 @@ def test_config_file(tmp_path: Path) -> None:
         tmp_path,
         f"[{SECTION}]\n"
         "listen = tcp:6001\n    tcp:6002:interface=127.0.0.1\n"
-        "backend = fs\nroot = /srv/oci\nmax-manifest-bytes = 1000\nupload-ttl = 2.5\naccess-log = no\n",
+        "backend = fs\nroot = /srv/oci\nmax-manifest-bytes = 1000\nupload-ttl = 2.5\naccess-log = no\n"
+        "max-connections = 500\nheader-timeout = 5\nidle-timeout = 7\n",
     )
     for args in (("--config", path), ("-c", path), (f"--config={path}",)):
         assert values(parse(*args)) == {
@@ -103,6 +108,9 @@ def test_config_file(tmp_path: Path) -> None:
             "workers": 1,
             "allow-sparse-manifests": False,
             **AUTH_DEFAULTS,
+            "max-connections": 500,
+            "header-timeout": 5.0,
+            "idle-timeout": 7.0,
         }
 
 
@@ -122,6 +130,9 @@ def test_precedence(tmp_path: Path) -> None:
         "workers": 1,
         "allow-sparse-manifests": False,
         **AUTH_DEFAULTS,
+        "max-connections": None,
+        "header-timeout": 30.0,
+        "idle-timeout": 60.0,
     }
     assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
     assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]
@@ -301,3 +312,30 @@ def test_switches_reach_workers() -> None:
     """The switches turned on are handed to worker processes as flags."""
     assert _switchArguments(parse()) == []
     assert _switchArguments(parse("--allow-sparse-manifests")) == ["--allow-sparse-manifests"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-connections=0"], "--max-connections must be positive"),
+        (["--max-connections=lots"], "--max-connections must be a number or auto, not 'lots'"),
+        (["--header-timeout=-1"], "--header-timeout must be positive"),
+        (["--idle-timeout=soon"], "--idle-timeout must be a number, not 'soon'"),
+    ],
+)
+def test_bad_limits(args: list[str], message: str) -> None:
+    """A bad connection limit or deadline is a one-line usage error."""
+    with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+        parse(*args)
+
+
+def test_limits_reach_the_site() -> None:
+    """--max-connections, --header-timeout and --idle-timeout are the served site's limits."""
+    options = parse("--listen=tcp:0:interface=127.0.0.1", "--max-connections=77", "--header-timeout=5")
+    assert options["max-connections"] == 77
+    assert parse("--max-connections=auto")["max-connections"] is None
+    service = makeService(options, reactor=reactor)
+    [listening] = list(service)  # type: ignore[call-overload]
+    assert listening._limits.maxConnections == 77  # type: ignore[attr-defined]
+    assert listening._limits.headerTimeout == 5.0  # type: ignore[attr-defined]
+    assert listening._limits.idleTimeout == 60.0  # type: ignore[attr-defined]

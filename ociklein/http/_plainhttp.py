@@ -10,13 +10,27 @@ once.
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import implementer
 
 _TLS_HANDSHAKE = 0x16
 
 
+@implementer(IHalfCloseableProtocol)
 class _RefuseTLS(ProtocolWrapper):
     _checked = False
+
+    def readConnectionLost(self) -> None:
+        # A client may half-close after its request and still read the answer.
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.readConnectionLost()
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.writeConnectionLost()
 
     def dataReceived(self, data: bytes) -> None:
         if not self._checked and data:

@@ -14,14 +14,17 @@ from typing import Any
 
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import parse_qs
 from twisted.web.resource import IResource
+from zope.interface import implementer
 
+from ociklein import errors
 from ociklein._body import Body, BodyPipe, FileBody
 from ociklein.errors import OCIError
+from ociklein.http._limits import ConnectionGuard, Deadline, Limits
 
 _BODY_METHODS = frozenset({b"PUT", b"PATCH", b"POST"})
 
@@ -94,6 +97,28 @@ class StreamingRequest(server.Request):
             self._pipe.fail(reason)
         super().connectionLost(reason)
 
+    def _handleStar(self) -> None:
+        """
+        C{OPTIONS *} probes the server: an empty 200.  Any other method on
+        C{*} gets the spec's JSON error, not twisted.web's empty 405.
+        """
+        self.responseHeaders.removeHeader(b"server")
+        self.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if self.method == b"OPTIONS":
+            self.setResponseCode(200)
+            self.setHeader(b"Content-Length", b"0")
+            self.finish()
+            return
+        error = errors.unsupported("only OPTIONS applies to *", allow=["OPTIONS"])
+        body = error.body()
+        self.setResponseCode(error.status)
+        for key, value in error.headers.items():
+            self.setHeader(key, value)
+        self.setHeader(b"Content-Type", b"application/json")
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
 
 def requestBody(request: Any) -> Body:
     """
@@ -108,30 +133,141 @@ def requestBody(request: Any) -> Body:
 
 class _Channel(http.HTTPChannel):
     """
-    An HTTP channel whose answer to a request it cannot parse (bad request
-    line, header or chunk framing) is the spec's JSON error, like every
-    other 4xx of the registry.
+    An HTTP channel that answers what it cannot parse (bad request line,
+    header or chunk framing; a request line or headers too long) with the
+    spec's JSON error, and keeps within its site's L{ConnectionGuard}: a
+    deadline for each request's headers, a bound on how long a response
+    may wait for a client that does not read, and a place among the site's
+    open connections.
     """
 
+    site: _Site
+    _guarded = False
+    _halfClosed = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        guard = self.site.guard
+        self._headerDeadline = Deadline(guard.clock, guard.limits.headerTimeout, self._headersTooSlow)
+        self._stalled = Deadline(guard.clock, guard.limits.idleTimeout, self._readerStalled)
+        if not guard.admit(self):
+            self._respondAndDisconnect(errors.unavailable("too many connections", 5))
+            return
+        self._guarded = True
+        self._headerDeadline.start()
+
+    def lineReceived(self, line: bytes) -> None:
+        first = getattr(self, "_HTTPChannel__first_line", 0)
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:  # type: ignore[attr-defined]
+            self._tooLong(bool(first))
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._tooLong(bool(getattr(self, "_HTTPChannel__first_line", 0)))
+
+    def _tooLong(self, requestLine: bool) -> None:
+        if requestLine:
+            error = OCIError(414, "UNSUPPORTED", "request line too long", {"limit": self.MAX_LENGTH})
+        else:
+            error = OCIError(
+                431, "UNSUPPORTED", "request header fields too large", {"limit": self.totalHeadersSize}
+            )
+        self._respondAndDisconnect(error)
+
+    def allHeadersReceived(self) -> None:
+        self._headerDeadline.stop()
+        self.site.guard.serving(self)
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if self.persistent and not self._halfClosed and self._guarded:
+            self.site.guard.waiting(self)
+            self._headerDeadline.start()
+
+    def _headersTooSlow(self) -> None:
+        self._respondAndDisconnect(OCIError(408, "UNSUPPORTED", "request headers took too long", {}))
+
+    def evict(self) -> None:
+        self._headerDeadline.stop()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # A client that stops reading: the transport pauses us when its send
+    # buffer is full and resumes us when it drains.
+
+    def pauseProducing(self) -> None:
+        self._stalled.start()
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._stalled.stop()
+        super().resumeProducing()
+
+    def _readerStalled(self) -> None:
+        self._log.info("dropping a client that stopped reading: {peer}", peer=str(self.transport.getPeer()))  # type: ignore[union-attr]
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # A client that half-closes after its request still gets the answer.
+
+    def readConnectionLost(self) -> None:
+        self._halfClosed = True
+        if self._handlingRequest:  # type: ignore[attr-defined]
+            self.persistent = False  # close once the answer is out
+        else:
+            self.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._headerDeadline.stop()
+        self._stalled.stop()
+        if self._guarded:
+            self.site.guard.gone(self)
+        super().connectionLost(reason)
+
     def _respondToBadRequestAndDisconnect(self) -> None:
-        body = OCIError(400, "UNSUPPORTED", "malformed HTTP request", {}).body()
-        head = (
-            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-            b"X-Content-Type-Options: nosniff\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-        )
-        self.transport.write(head + body)  # type: ignore[union-attr]
+        self._respondAndDisconnect(OCIError(400, "UNSUPPORTED", "malformed HTTP request", {}))
+
+    def _respondAndDisconnect(self, error: OCIError) -> None:
+        self._headerDeadline.stop()
+        body = error.body()
+        reason = http.RESPONSES.get(error.status, b"Error")
+        head = [b"HTTP/1.1 %d %s" % (error.status, reason), b"Content-Type: application/json"]
+        head.append(b"X-Content-Type-Options: nosniff")
+        for key, value in error.headers.items():
+            head.append(f"{key}: {value}".encode("latin-1"))
+        head.append(b"Content-Length: %d" % len(body))
+        head.append(b"Connection: close")
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)  # type: ignore[union-attr]
         # A request already routed at header time must not answer as well.
         for request in list(self.requests):
-            request.connectionLost(Failure(ConnectionLost("malformed HTTP request")))
+            request.connectionLost(Failure(ConnectionLost(error.message)))
         self.loseConnection()
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloseableHTTP(http._GenericHTTPChannelProtocol):  # type: ignore[misc,name-defined]
+    """
+    The HTTP protocol, told when its client has finished sending rather
+    than only when the connection is gone.
+    """
+
+    def readConnectionLost(self) -> None:
+        self._channel.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self._channel.writeConnectionLost()
 
 
 class _Site(server.Site):
     accessLog = True
+    guard: ConnectionGuard
 
     def protocol(self) -> Any:  # type: ignore[override]
-        return http._GenericHTTPChannelProtocol(_Channel())  # type: ignore[attr-defined]
+        return _HalfCloseableHTTP(_Channel())
 
     def log(self, request: Any) -> None:
         # Under twistd each access log line is a log event formatted by its
@@ -140,12 +276,23 @@ class _Site(server.Site):
             super().log(request)
 
 
-def makeSite(resource: IResource, reactor: Any = None, accessLog: bool = True) -> server.Site:
+def makeSite(
+    resource: IResource, reactor: Any = None, accessLog: bool = True, limits: Limits | None = None
+) -> server.Site:
     """
-    A L{server.Site} that streams request bodies into the registry, and
-    logs one line per request unless C{accessLog} is false.
+    A L{server.Site} that streams request bodies into the registry, keeps
+    its clients within C{limits}, and logs one line per request unless
+    C{accessLog} is false.
     """
-    site = _Site(resource, requestFactory=StreamingRequest, parsePOSTFormSubmission=False, reactor=reactor)
+    limits = limits or Limits()
+    site = _Site(
+        resource,
+        requestFactory=StreamingRequest,
+        parsePOSTFormSubmission=False,
+        reactor=reactor,
+        timeout=limits.idleTimeout,
+    )
     site.displayTracebacks = False
     site.accessLog = accessLog
+    site.guard = ConnectionGuard(limits, site.reactor)
     return site
