@@ -17,12 +17,23 @@ from twisted.logger import Logger
 
 from ociklein import errors
 from ociklein._body import Body, readAtMost
-from ociklein.interfaces import IBlobReader, IBlobStore, IManifestBackend, ITaggedManifestBackend, IUpload
+from ociklein.interfaces import (
+    IBlobMaintenance,
+    IBlobReader,
+    IBlobStore,
+    IManifestBackend,
+    IManifestMaintenance,
+    ITaggedManifestBackend,
+    IUpload,
+)
 from ociklein.manifests import OCI_INDEX, Manifest, parseManifest
 from ociklein.names import decimal, isDigestShaped, isName, isSupportedDigest, isTag
 
 DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 1000
+# How often a manifest push is stored again when a garbage collector took
+# something it needs meanwhile (then usually only hidden for a moment).
+_FENCE_ATTEMPTS = 3
 MAX_PAGE_SIZE = 10000
 # Tags one manifest PUT may apply with ?tag= (the spec asks for at least 10;
 # 100 tags of 128 characters still fit the request line twisted.web takes).
@@ -175,7 +186,10 @@ class RegistryCore:
         if not await self.blobs.isLinked(source, digest):
             return False
         await self.blobs.link(name, digest)
-        return True
+        # Linking records a use, but of a blob a collector may be removing:
+        # only a use recorded after the link is written proves it is there.
+        blobs = IBlobMaintenance(self.blobs, None)
+        return blobs is None or not await blobs.touch(name, [digest])
 
     # -- uploads ----------------------------------------------------------
 
@@ -420,23 +434,62 @@ class RegistryCore:
             descriptor["artifactType"] = manifest.artifactType
         if manifest.annotations:
             descriptor["annotations"] = manifest.annotations
+        tagged = list(tags) if isDigest else [reference]
+        for _ in range(_FENCE_ATTEMPTS):
+            lost = await self._storeManifest(name, digest, content, manifest, descriptor, tagged)
+            if lost is None:
+                return PushedManifest(digest, manifest.subject, tags)
+            # A garbage collector removed what this manifest needs while it
+            # was stored: check again (a lost blob is then unknown) and store
+            # again, rather than acknowledge a manifest that is not whole.
+            if not self.allowSparseManifests:
+                await self._checkReferenced(name, manifest)
+        raise errors.manifestBlobUnknown(lost or digest)
+
+    async def _storeManifest(
+        self,
+        name: str,
+        digest: str,
+        content: bytes,
+        manifest: Manifest,
+        descriptor: dict[str, Any],
+        tags: list[str],
+    ) -> str | None:
+        """
+        Store a manifest and its tags, then record a use of everything it
+        references and of itself, after they are durable and before the
+        push is acknowledged; the first digest found missing, or L{None}.
+        Recording the use after the write is what fences garbage
+        collection (docs/storage.md).
+        """
         # Content-addressed: pushing the same bytes again (another tag for
         # one image, a retry) has nothing new to store.
         stored = await self.manifests.getManifest(name, digest) is not None
-        tagged = list(tags) if isDigest else [reference]
-        if not stored and tagged and ITaggedManifestBackend.providedBy(self.manifests):
+        if not stored and tags and ITaggedManifestBackend.providedBy(self.manifests):
             # Manifest and tags in one step: one durable commit, not one each.
             await self.manifests.putTaggedManifest(
-                name, tagged, digest, manifest.mediaType, content, manifest.subject, descriptor
+                name, tags, digest, manifest.mediaType, content, manifest.subject, descriptor
             )
-            return PushedManifest(digest, manifest.subject, tags)
-        if not stored:
+            tags = []
+        elif not stored:
             await self.manifests.putManifest(
                 name, digest, manifest.mediaType, content, manifest.subject, descriptor
             )
-        for tag in tagged:
+        blobs = IBlobMaintenance(self.blobs, None)
+        if blobs is not None and manifest.blobs:
+            lost = await blobs.touch(name, manifest.blobs)
+            if lost and not self.allowSparseManifests:
+                return lost[0]
+        backend = IManifestMaintenance(self.manifests, None)
+        if backend is not None and manifest.children:
+            lost = await backend.touchManifests(name, manifest.children)
+            if lost and not self.allowSparseManifests:
+                return lost[0]
+        for tag in tags:
             await self.manifests.setTag(name, tag, digest)
-        return PushedManifest(digest, manifest.subject, tags)
+        if backend is not None and await backend.touchManifests(name, [digest]):
+            return digest
+        return None
 
     async def _checkReferenced(self, name: str, manifest: Manifest) -> None:
         """
