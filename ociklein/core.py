@@ -494,12 +494,25 @@ class RegistryCore:
     async def _checkReferenced(self, name: str, manifest: Manifest) -> None:
         """
         Refuse a manifest whose blobs or child manifests C{name} lacks.
+
+        With a store that records uses, the check is one: a collection
+        that starts after it will not remove them, which keeps the window
+        in which a stored manifest (and its tags) can lose a blob to one
+        that started earlier down to the push itself.
         """
-        for blob in manifest.blobs:
-            if not isSupportedDigest(blob) or not await self.blobs.isLinked(name, blob):
-                raise errors.manifestBlobUnknown(blob)
+        for digest in (*manifest.blobs, *manifest.children):
+            if not isSupportedDigest(digest):
+                raise errors.manifestBlobUnknown(digest)
+        blobs = IBlobMaintenance(self.blobs, None)
+        if blobs is not None:
+            if manifest.blobs and (lost := await blobs.touch(name, manifest.blobs)):
+                raise errors.manifestBlobUnknown(lost[0])
+        else:
+            for blob in manifest.blobs:
+                if not await self.blobs.isLinked(name, blob):
+                    raise errors.manifestBlobUnknown(blob)
         for child in manifest.children:
-            if not isSupportedDigest(child) or await self.manifests.getManifest(name, child) is None:
+            if await self.manifests.getManifest(name, child) is None:
                 raise errors.manifestBlobUnknown(child)
 
     async def deleteManifest(self, name: str, reference: str) -> None:
