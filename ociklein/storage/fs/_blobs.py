@@ -58,6 +58,9 @@ _log = Logger()
 
 _ALGORITHMS = ("sha256", "sha512")
 _HASH_CHUNK = 1024 * 1024
+# While serving, an upload staged in tmp/ is left alone this many seconds
+# after its creation even if unlocked: it may be about to be locked.
+_SETTLE = 60.0
 
 
 @implementer(IBlobReader)
@@ -428,7 +431,7 @@ def _sweep(root: str, now: float, ttl: float) -> list[str]:
     left in tmp/ (monolithic uploads whose lock is free, discarded
     directories, old temp files).
     """
-    cleanTmp(root)
+    cleanTmp(root, settle=_SETTLE)
     return _sweepUploads(root, now, ttl)
 
 

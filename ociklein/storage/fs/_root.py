@@ -42,11 +42,15 @@ def _uploadInUse(directory: str, now: float, grace: float) -> bool:
     return False
 
 
-def cleanTmp(root: str, now: float | None = None, grace: float = TMP_GRACE) -> list[str]:
+def cleanTmp(root: str, now: float | None = None, grace: float = TMP_GRACE, settle: float = 0.0) -> list[str]:
     """
     Remove what crashed writers left in tmp/: discarded directories at
     once, anything else once older than C{grace} seconds of wall time, so
     that the in-flight temp files of another live process are left alone.
+
+    An upload staged in tmp/ goes once its lock is free, and it is older
+    than C{settle} seconds: a live process (this one, when sweeping while
+    serving) creates the data file a moment before it locks it.
     """
     tmp = os.path.join(root, "tmp")
     now = time.time() if now is None else now
@@ -54,7 +58,8 @@ def cleanTmp(root: str, now: float | None = None, grace: float = TMP_GRACE) -> l
     for entry in os.scandir(tmp):
         try:
             if entry.name.endswith(UPLOAD_SUFFIX) and entry.is_dir(follow_symlinks=False):
-                if _uploadInUse(entry.path, now, grace):
+                young = entry.stat(follow_symlinks=False).st_mtime > now - settle
+                if young or _uploadInUse(entry.path, now, grace):
                     continue
             elif not entry.name.endswith(DISCARDED):
                 if entry.stat(follow_symlinks=False).st_mtime > now - grace:
