@@ -74,6 +74,8 @@ def _readTag(path: str) -> str | None:
 class _Paths:
     """
     Where each thing of one repository lives; never through a symlink.
+    Paths inside the repository are checked from its directory, which was
+    checked once from the root.
     """
 
     def __init__(self, root: str, repository: str) -> None:
@@ -91,20 +93,20 @@ class _Paths:
 
     @property
     def tags(self) -> str:
-        return checkInside(self.root, os.path.join(self.directory, "_tags"))
+        return checkInside(self.directory, os.path.join(self.directory, "_tags"))
 
     def manifest(self, digest: str) -> str:
-        return checkInside(self.root, digestPath(os.path.join(self.directory, "_manifests"), digest))
+        return checkInside(self.directory, digestPath(os.path.join(self.directory, "_manifests"), digest))
 
     def tag(self, tag: str) -> str:
-        return checkInside(self.root, os.path.join(self.directory, "_tags", tag))
+        return checkInside(self.directory, os.path.join(self.directory, "_tags", tag))
 
     def referrers(self, subject: str) -> str:
-        return checkInside(self.root, digestPath(os.path.join(self.directory, "_referrers"), subject))
+        return checkInside(self.directory, digestPath(os.path.join(self.directory, "_referrers"), subject))
 
     def referrer(self, subject: str, digest: str) -> str:
         name = digest.replace(":", "-") + ".json"
-        return checkInside(self.root, os.path.join(self.referrers(subject), name))
+        return checkInside(self.directory, os.path.join(self.referrers(subject), name))
 
     def register(self) -> Put:
         """
