@@ -35,6 +35,10 @@ DEFAULT_PAGE_SIZE = 1000
 # something it needs meanwhile (then usually only hidden for a moment).
 _FENCE_ATTEMPTS = 3
 MAX_PAGE_SIZE = 10000
+# Repositories looked at to mount a blob named without a source, and how
+# many are asked of the store at once.
+MAX_MOUNT_CANDIDATES = 1000
+_MOUNT_PAGE = 100
 # Tags one manifest PUT may apply with ?tag= (the spec asks for at least 10;
 # 100 tags of 128 characters still fit the request line twisted.web takes).
 MAX_TAGS_PER_PUSH = 100
@@ -50,6 +54,19 @@ _CANCELLING = "DELETE"
 _NOTHING_WRITTEN = frozenset({errno.EMFILE, errno.ENFILE})
 
 log = Logger()
+
+MayPull = Callable[[str], bool]
+"""
+Whether the caller of a request may pull a repository: how access control
+tells the core what a mount may reveal.
+"""
+
+
+def everyRepository(repository: str) -> bool:
+    """
+    The caller's pull right without access control: every repository.
+    """
+    return True
 
 
 @dataclass
@@ -106,6 +123,7 @@ class RegistryCore:
         maxManifestBytes: int = DEFAULT_MAX_MANIFEST_BYTES,
         defaultPageSize: int = DEFAULT_PAGE_SIZE,
         allowSparseManifests: bool = False,
+        automaticMount: bool = False,
     ) -> None:
         self.manifests = manifests
         self.blobs = blobs
@@ -115,6 +133,9 @@ class RegistryCore:
         # --multi-arch index-only): the spec lets a registry accept
         # manifests that reference content it does not hold.
         self.allowSparseManifests = allowSparseManifests
+        # The spec lets a mount name no source repository: the blob is then
+        # found in any repository the caller may pull.
+        self.automaticMount = automaticMount
         self._claims: dict[str, str] = {}
 
     # -- validation -------------------------------------------------------
@@ -173,23 +194,52 @@ class RegistryCore:
             raise errors.blobUnknown(digest)
 
     async def mountBlob(
-        self, name: str, digest: str, source: str, mayPull: Callable[[str], bool] | None = None
+        self, name: str, digest: str, source: str | None, mayPull: MayPull | None = None
     ) -> bool:
         """
-        Link a blob of C{source} into C{name}; L{False} if C{source} lacks it
-        or the caller may not pull from C{source} (C{mayPull}).
+        Link blob C{digest} into C{name} from C{source}, or (with automatic
+        mounts on and no C{source}) from any repository holding it; L{False}
+        when no repository the caller may pull has it, so that the client
+        uploads it instead.  C{mayPull} is the caller's pull right as access
+        control gives it; L{None} (no access control) allows every repository.
         """
         self.checkName(name)
-        self.checkDigest(digest)
-        if not isName(source) or (mayPull is not None and not mayPull(source)):
+        mayPull = mayPull or everyRepository
+        if source is None and not self.automaticMount:
             return False
-        if not await self.blobs.isLinked(source, digest):
+        self.checkDigest(digest)
+        if source is not None:
+            found = isName(source) and mayPull(source) and await self.blobs.isLinked(source, digest)
+        else:
+            found = await self._findHolder(digest, mayPull)
+        if not found:
             return False
         await self.blobs.link(name, digest)
         # Linking records a use, but of a blob a collector may be removing:
         # only a use recorded after the link is written proves it is there.
         blobs = IBlobMaintenance(self.blobs, None)
         return blobs is None or not await blobs.touch(name, [digest])
+
+    async def _findHolder(self, digest: str, mayPull: MayPull) -> bool:
+        """
+        Whether a repository the caller may pull holds blob C{digest}.  The
+        store's index may be stale, so each candidate is checked; at most
+        L{MAX_MOUNT_CANDIDATES} are looked at, after which the client
+        uploads the blob as it would anywhere else.
+        """
+        last = None
+        seen = 0
+        while seen < MAX_MOUNT_CANDIDATES:
+            limit = min(_MOUNT_PAGE, MAX_MOUNT_CANDIDATES - seen)
+            candidates = await self.blobs.repositoriesHolding(digest, last, limit)
+            for candidate in candidates:
+                if mayPull(candidate) and await self.blobs.isLinked(candidate, digest):
+                    return True
+            if len(candidates) < limit:
+                return False
+            seen += len(candidates)
+            last = candidates[-1]
+        return False
 
     # -- uploads ----------------------------------------------------------
 

@@ -121,6 +121,17 @@ class IBlobStore(Interface):
         Whether blob C{digest} is visible in C{repository}.
         """
 
+    def repositoriesHolding(digest: str, last: str | None, limit: int) -> Deferred[list[str]]:
+        """
+        Up to C{limit} names of repositories C{digest} is linked in, sorted,
+        all greater than C{last}, found without scanning every repository
+        (an index kept by L{link} and L{unlink}).
+
+        A hint, not the truth: a name may be stale (the caller checks
+        L{isLinked}), and a store may miss links it made before it kept the
+        index.  Used to mount a blob when the client names no source.
+        """
+
     def startUpload(repository: str, resumable: bool = True) -> Deferred[IUpload]:
         """
         Open a new, empty upload session for C{repository}.

@@ -35,7 +35,9 @@ class Registry:
     L{IBlobStore}; in memory when none are given.
 
     With C{allowSparseManifests}, a manifest may reference blobs and child
-    manifests the repository does not hold (as mirrors need).
+    manifests the repository does not hold (as mirrors need).  With
+    C{automaticMount}, a mount that names no source repository finds the
+    blob in any repository the caller may pull.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class Registry:
         *,
         maxManifestBytes: int = DEFAULT_MAX_MANIFEST_BYTES,
         allowSparseManifests: bool = False,
+        automaticMount: bool = False,
         access: AccessControl | None = None,
         readOnly: bool = False,
     ) -> None:
@@ -57,6 +60,7 @@ class Registry:
             blobs if blobs is not None else MemoryBlobStore(),
             maxManifestBytes=maxManifestBytes,
             allowSparseManifests=allowSparseManifests,
+            automaticMount=automaticMount,
         )
         self.access = access
         self._routes = RegistryRoutes(self.core, access, readOnly)

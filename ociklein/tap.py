@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     # Optional parts of the distribution spec: a switch on the command line,
     # yes or no in the file.
     "allow-sparse-manifests": False,
+    "automatic-mount": False,
     # Access control (ociklein.auth); see docs/auth.md.
     "htpasswd": None,
     "access": None,
@@ -48,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "header-timeout": DEFAULT_HEADER_TIMEOUT,
     "idle-timeout": DEFAULT_IDLE_TIMEOUT,
 }
-_SWITCHES = ("allow-sparse-manifests", "read-only")
+_SWITCHES = ("allow-sparse-manifests", "automatic-mount", "read-only")
 _FILES = ("htpasswd", "access", "token-key", "token-public-key", "token-realm")
 _CONVERT = {
     "max-manifest-bytes": int,
@@ -129,6 +130,7 @@ class Options(usage.Options):
     optFlags = [
         ["worker", None, "(internal) Serve as a worker started by another ociregistry process."],
         ["allow-sparse-manifests", None, "Accept manifests naming blobs or manifests the repository lacks."],
+        ["automatic-mount", None, "Mount a blob named without from= from any repository it is in."],
         ["read-only", None, "Refuse every write (POST, PATCH, PUT, DELETE) with 405."],
     ]
 
@@ -261,6 +263,7 @@ def _registryOptions(options: Options | dict[str, Any]) -> dict[str, Any]:
     return {
         "maxManifestBytes": options["max-manifest-bytes"],
         "allowSparseManifests": bool(options.get("allow-sparse-manifests", False)),
+        "automaticMount": bool(options.get("automatic-mount", False)),
     }
 
 

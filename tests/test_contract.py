@@ -265,6 +265,58 @@ async def test_linkBeforeBlobArrives(backends: Backends) -> None:
     assert await backends.blobs.isLinked("repo", digest)
 
 
+@pytest_twisted.ensureDeferred
+async def test_repositoriesHolding(backends: Backends) -> None:
+    """repositoriesHolding lists the repositories a blob is linked in, sorted, once each."""
+    digest = await storeBlob(backends.blobs, b"held")
+    assert await backends.blobs.repositoriesHolding(digest, None, 10) == []
+    for repository in ("b/c", "a", "b", "a"):
+        await backends.blobs.link(repository, digest)
+    other = await storeBlob(backends.blobs, b"held elsewhere")
+    await backends.blobs.link("z", other)
+    assert await backends.blobs.repositoriesHolding(digest, None, 10) == ["a", "b", "b/c"]
+    assert await backends.blobs.repositoriesHolding(other, None, 10) == ["z"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_repositoriesHoldingPaging(backends: Backends) -> None:
+    """repositoriesHolding pages with last and limit, as the tag listings do."""
+    digest = await storeBlob(backends.blobs, b"paged")
+    names = [f"repo{i:02d}" for i in range(7)]
+    for name in reversed(names):
+        await backends.blobs.link(name, digest)
+    assert await backends.blobs.repositoriesHolding(digest, None, 3) == names[:3]
+    assert await backends.blobs.repositoriesHolding(digest, names[2], 3) == names[3:6]
+    assert await backends.blobs.repositoriesHolding(digest, names[5], 3) == names[6:]
+    assert await backends.blobs.repositoriesHolding(digest, names[6], 3) == []
+    assert await backends.blobs.repositoriesHolding(digest, None, 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_repositoriesHoldingFollowUnlink(backends: Backends) -> None:
+    """An unlinked repository leaves repositoriesHolding; linking again brings it back."""
+    digest = await storeBlob(backends.blobs, b"coming and going")
+    await backends.blobs.link("one", digest)
+    await backends.blobs.link("two", digest)
+    await backends.blobs.unlink("one", digest)
+    assert await backends.blobs.repositoriesHolding(digest, None, 10) == ["two"]
+    await backends.blobs.unlink("two", digest)
+    assert await backends.blobs.repositoriesHolding(digest, None, 10) == []
+    await backends.blobs.link("one", digest)
+    assert await backends.blobs.repositoriesHolding(digest, None, 10) == ["one"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_repositoriesHoldingFollowDeleteLink(backends: Backends) -> None:
+    """A link removed by maintenance (deleteLink) leaves repositoriesHolding too."""
+    digest = await storeBlob(backends.blobs, b"collected")
+    await backends.blobs.link("kept", digest)
+    await backends.blobs.link("collected", digest)
+    later = await backends.blobs.now() + 3600  # type: ignore[attr-defined]
+    assert await backends.blobs.deleteLink("collected", digest, later) is True  # type: ignore[attr-defined]
+    assert await backends.blobs.repositoriesHolding(digest, None, 10) == ["kept"]
+
+
 # Uploads
 
 

@@ -97,6 +97,7 @@ async def test_layout(root: Path, store: FilesystemBlobStore, manifests: Filesys
     assert (root / "blobs" / "sha256" / hexdigest[:2] / hexdigest).read_bytes() == b"blob"
     ubuntu = root / "repositories" / "library" / "ubuntu"
     assert (ubuntu / "_links" / "sha256" / hexdigest).read_bytes() == b""
+    assert (root / "holders" / "sha256" / hexdigest / "library+ubuntu").read_bytes() == b""
 
     content, subject = b'{"m": 1}', sha256(b"subject")
     mdigest = sha256(content)
@@ -110,9 +111,49 @@ async def test_layout(root: Path, store: FilesystemBlobStore, manifests: Filesys
     referrer = ubuntu / "_referrers" / "sha256" / subject.split(":")[1]
     assert json.loads((referrer / f"sha256-{mdigest.split(':')[1]}.json").read_text()) == {"a": 1}
     assert (root / "catalog" / "library+ubuntu").exists()
-    assert sorted(os.listdir(root)) == ["blobs", "catalog", "repositories", "tmp", "uploads"]
+    assert sorted(os.listdir(root)) == ["blobs", "catalog", "holders", "repositories", "tmp", "uploads"]
     assert os.listdir(root / "tmp") == []
     assert os.listdir(root / "uploads") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_linkRepairsMissingHolder(root: Path, store: FilesystemBlobStore) -> None:
+    """A link made before holders were kept is missed by repositoriesHolding until linked again."""
+    upload = await store.startUpload("old/repo")
+    await upload.write(b"old blob")
+    digest = sha256(b"old blob")
+    await upload.commit(digest)
+    hexdigest = digest.split(":")[1]
+    link = root / "repositories" / "old" / "repo" / "_links" / "sha256" / hexdigest
+    link.parent.mkdir(parents=True)
+    link.write_bytes(b"")
+    assert await store.isLinked("old/repo", digest)
+    assert await store.repositoriesHolding(digest, None, 10) == []
+    await store.link("old/repo", digest)
+    assert await store.repositoriesHolding(digest, None, 10) == ["old/repo"]
+    assert await store.unlink("old/repo", digest) is True
+    assert not (root / "holders" / "sha256" / hexdigest / "old+repo").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_holdersNeverFollowSymlinks(root: Path, store: FilesystemBlobStore, tmp_path: Path) -> None:
+    """A symlink planted as a blob's holders directory is refused (ELOOP); nothing is written through it."""
+    digest = await push(store, b"planted", "library/ubuntu")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil").write_bytes(b"")
+    holders = root / "holders" / "sha256" / digest.split(":")[1]
+    holders.parent.mkdir(parents=True, exist_ok=True)
+    holders.symlink_to(outside)
+    for call in (
+        lambda: store.link("library/ubuntu", digest),
+        lambda: store.unlink("library/ubuntu", digest),
+        lambda: store.repositoriesHolding(digest, None, 10),
+    ):
+        with pytest.raises(OSError) as raised:
+            await call()
+        assert raised.value.errno == errno.ELOOP
+    assert os.listdir(outside) == ["evil"]
 
 
 @pytest_twisted.ensureDeferred
@@ -630,7 +671,7 @@ def test_prepareRootCreates(tmp_path: Path) -> None:
     root = tmp_path / "a" / "b" / "root"
     prepareRoot(str(root))
     prepareRoot(str(root))
-    assert sorted(os.listdir(root)) == ["blobs", "catalog", "repositories", "tmp", "uploads"]
+    assert sorted(os.listdir(root)) == ["blobs", "catalog", "holders", "repositories", "tmp", "uploads"]
     assert os.listdir(root / "tmp") == []
 
 

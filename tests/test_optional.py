@@ -7,12 +7,16 @@ a live port on every backend, with the switches both off and on.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from authhelpers import PASSWORDS, Authorized, basic, writePolicy, writeUsers
+from twisted.internet import reactor
 
 from ociklein import Registry
+from ociklein.auth import AccessControl
 from ociklein.core import MAX_TAGS_PER_PUSH
 from tests.helpers import (
     OCI_INDEX,
@@ -42,8 +46,21 @@ def options(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
-def registry(backend: tuple[Any, Any], options: dict[str, Any]) -> Registry:
+def registry(backend: tuple[Any, Any], options: dict[str, Any], tmp_path: Path) -> Registry:
+    """
+    The registry of a test; with C{access} in its options, under the users
+    and policy of the access-control tests (alice does everything, bob
+    pulls and pushes team/*, anonymous pulls public/**).
+    """
+    if options.pop("access", False):
+        options["access"] = AccessControl.fromFiles(
+            reactor, htpasswd=str(writeUsers(tmp_path)), access=str(writePolicy(tmp_path)), reloadInterval=0
+        )
     return Registry(*backend, maxManifestBytes=64 * 1024, **options)
+
+
+def as_(client: Any, user: str) -> Authorized:
+    return Authorized(client, basic(user, PASSWORDS[user]))
 
 
 def ociTags(response: Any) -> list[str]:
@@ -269,3 +286,111 @@ async def test_sparse_still_validates_the_manifest(client: Any, options: dict[st
     document["layers"][0]["digest"] = "not-a-digest"
     response = await putManifest(client, "mirror/bad", "v1", json.dumps(document).encode())
     assert (response.code, errorCode(response)) == (400, "MANIFEST_INVALID")
+
+
+# -- automatic mount (no from) ---------------------------------------------
+
+
+MOUNT = [{"automaticMount": False}, {"automaticMount": True}]
+GUARDED = {"automaticMount": True, "access": True}
+
+
+async def mount(client: Any, name: str, digest: str, source: str | None = None) -> Any:
+    path = f"/v2/{name}/blobs/uploads/?mount={digest}"
+    return await client.request("POST", path if source is None else f"{path}&from={source}")
+
+
+async def blobCode(client: Any, name: str, digest: str) -> int:
+    return int((await client.request("HEAD", f"/v2/{name}/blobs/{digest}")).code)
+
+
+@pytest.mark.parametrize("options", MOUNT, indirect=True, ids=["off", "on"])
+@pytest_twisted.ensureDeferred
+async def test_mount_without_from(client: Any, options: dict[str, Any]) -> None:
+    """A mount naming no source is 201 from any repository holding the blob when on; a session when off."""
+    digest = await pushBlob(client, "some/where", b"shared layer")
+    response = await mount(client, "else/where", digest)
+    if not options["automaticMount"]:
+        assert response.code == 202, response.body
+        assert str(header(response, "Location")).startswith("/v2/else/where/blobs/uploads/")
+        assert await blobCode(client, "else/where", digest) == 404
+        return
+    assert response.code == 201, response.body
+    assert header(response, "Location") == f"/v2/else/where/blobs/{digest}"
+    assert header(response, "Docker-Content-Digest") == digest
+    got = await client.request("GET", f"/v2/else/where/blobs/{digest}")
+    assert (got.code, got.body) == (200, b"shared layer")
+
+
+@pytest.mark.parametrize("options", MOUNT, indirect=True, ids=["off", "on"])
+@pytest_twisted.ensureDeferred
+async def test_mount_without_from_of_absent_blob(client: Any, options: dict[str, Any]) -> None:
+    """A mount of a blob no repository holds (or holds no longer) opens an upload session."""
+    digest = await pushBlob(client, "gone/away", b"deleted layer")
+    assert (await client.request("DELETE", f"/v2/gone/away/blobs/{digest}")).code == 202
+    for missing in (digest, digestOf(b"never pushed"), digestOf(b"never pushed", "sha512")):
+        response = await mount(client, "target/repo", missing)
+        assert response.code == 202, response.body
+        assert await blobCode(client, "target/repo", missing) == 404
+
+
+@pytest.mark.parametrize("options", MOUNT, indirect=True, ids=["off", "on"])
+@pytest_twisted.ensureDeferred
+async def test_mount_without_from_sha512(client: Any, options: dict[str, Any]) -> None:
+    """Automatic mounts find sha512 blobs too."""
+    digest = await pushBlob(client, "some/where", b"long layer", "sha512")
+    response = await mount(client, "else/where", digest)
+    assert response.code == (201 if options["automaticMount"] else 202), response.body
+
+
+@pytest.mark.parametrize("options", [GUARDED], indirect=True, ids=["guarded"])
+@pytest_twisted.ensureDeferred
+async def test_mount_never_reveals_unpullable_blob(client: Any, options: dict[str, Any]) -> None:
+    """Under access control, a blob only in repositories the caller may not pull is not mounted."""
+    alice, bob = as_(client, "alice"), as_(client, "bob")
+    digest = await pushBlob(alice, "admin/secret", b"secret layer")
+    for source in (None, "admin/secret"):
+        response = await mount(bob, "team/app", digest, source)
+        assert response.code == 202, response.body
+        assert await blobCode(bob, "team/app", digest) == 404
+    await pushBlob(alice, "public/copy", b"secret layer")
+    response = await mount(bob, "team/app", digest)
+    assert response.code == 201, response.body
+    assert await blobCode(bob, "team/app", digest) == 200
+
+
+@pytest.mark.parametrize("options", MOUNT[1:], indirect=True, ids=["on"])
+@pytest_twisted.ensureDeferred
+async def test_mount_with_invalid_digest(client: Any, options: dict[str, Any]) -> None:
+    """A mount of a malformed or unsupported digest is 400 DIGEST_INVALID with automatic mounts on."""
+    for bad in ("sha256:abc", "md5:" + "0" * 32, "nonsense"):
+        response = await mount(client, "target/repo", bad)
+        assert (response.code, errorCode(response)) == (400, "DIGEST_INVALID")
+
+
+@pytest.mark.parametrize("options", [GUARDED], indirect=True, ids=["guarded"])
+@pytest_twisted.ensureDeferred
+async def test_mount_looks_at_bounded_candidates(
+    client: Any, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An automatic mount pages through the blob's holders and gives up after MAX_MOUNT_CANDIDATES."""
+    alice, bob = as_(client, "alice"), as_(client, "bob")
+    digest = digestOf(b"popular layer")
+    for name in ("admin/a", "admin/b", "admin/c", "admin/d", "public/e"):
+        await pushBlob(alice, name, b"popular layer")
+    monkeypatch.setattr("ociklein.core._MOUNT_PAGE", 2)
+    monkeypatch.setattr("ociklein.core.MAX_MOUNT_CANDIDATES", 4)
+    assert (await mount(bob, "team/one", digest)).code == 202
+    monkeypatch.setattr("ociklein.core.MAX_MOUNT_CANDIDATES", 5)
+    assert (await mount(bob, "team/two", digest)).code == 201
+
+
+@pytest.mark.parametrize("options", MOUNT[1:], indirect=True, ids=["on"])
+@pytest_twisted.ensureDeferred
+async def test_mount_checks_each_holder(client: Any, registry: Registry, options: dict[str, Any]) -> None:
+    """A repository listed as holding the blob without the blob being stored is not mounted from."""
+    missing = digestOf(b"linked but never stored")
+    await registry.core.blobs.link("stale/holder", missing)
+    assert await registry.core.blobs.repositoriesHolding(missing, None, 10) == ["stale/holder"]
+    assert (await mount(client, "target/repo", missing)).code == 202
+    assert await blobCode(client, "target/repo", missing) == 404

@@ -49,6 +49,7 @@ EXPECTED_DEFAULTS = {
     "access-log": True,
     "workers": 1,
     "allow-sparse-manifests": False,
+    "automatic-mount": False,
     **AUTH_DEFAULTS,
     "max-connections": None,
     "header-timeout": 30.0,
@@ -107,6 +108,7 @@ def test_config_file(tmp_path: Path) -> None:
             "access-log": False,
             "workers": 1,
             "allow-sparse-manifests": False,
+            "automatic-mount": False,
             **AUTH_DEFAULTS,
             "max-connections": 500,
             "header-timeout": 5.0,
@@ -129,6 +131,7 @@ def test_precedence(tmp_path: Path) -> None:
         "access-log": True,
         "workers": 1,
         "allow-sparse-manifests": False,
+        "automatic-mount": False,
         **AUTH_DEFAULTS,
         "max-connections": None,
         "header-timeout": 30.0,
@@ -297,7 +300,7 @@ def test_access_log_flag(tmp_path: Path, given: str, expected: bool) -> None:
 # -- switches for the spec's optional parts --------------------------------
 
 
-@pytest.mark.parametrize("switch", ["allow-sparse-manifests"])
+@pytest.mark.parametrize("switch", ["allow-sparse-manifests", "automatic-mount"])
 def test_switches(tmp_path: Path, switch: str) -> None:
     """A switch is off by default, on by flag or by yes in the file; the flag beats the file's no."""
     assert parse()[switch] is False
@@ -312,6 +315,10 @@ def test_switches_reach_workers() -> None:
     """The switches turned on are handed to worker processes as flags."""
     assert _switchArguments(parse()) == []
     assert _switchArguments(parse("--allow-sparse-manifests")) == ["--allow-sparse-manifests"]
+    assert _switchArguments(parse("--automatic-mount", "--allow-sparse-manifests")) == [
+        "--allow-sparse-manifests",
+        "--automatic-mount",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -467,7 +467,7 @@ class RegistryRoutes:
         if mount is not None:
             user = _user(request)
             mayPull = None if user is None else (lambda repository: user.may("pull", repository))
-            if source is not None and await self.core.mountBlob(name, mount, source, mayPull):
+            if await self.core.mountBlob(name, mount, source, mayPull):
                 return _blobCreated(request, name, mount)
         elif digest is not None:
             await self.core.uploadBlob(name, digest, requestBody(request))

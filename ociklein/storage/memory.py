@@ -112,6 +112,8 @@ class MemoryBlobStore:
         self._blobs: dict[str, bytes | bytearray] = {}
         self._used: dict[str, float] = {}
         self._links: dict[str, dict[str, float]] = {}
+        # digest -> sorted names of the repositories it is linked in
+        self._holders: dict[str, list[str]] = {}
         self._uploads: dict[str, _MemoryUpload] = {}
 
     def stat(self, digest: str) -> Deferred[int | None]:
@@ -124,17 +126,32 @@ class MemoryBlobStore:
 
     def link(self, repository: str, digest: str) -> Deferred[None]:
         now = self._clock.seconds()
-        self._links.setdefault(repository, {})[digest] = now
+        links = self._links.setdefault(repository, {})
+        if digest not in links:
+            bisect.insort(self._holders.setdefault(digest, []), repository)
+        links[digest] = now
         if digest in self._blobs:
             self._used[digest] = now
         return succeed(None)
 
     def unlink(self, repository: str, digest: str) -> Deferred[bool]:
         links = self._links.get(repository, {})
-        return succeed(links.pop(digest, None) is not None)
+        found = links.pop(digest, None) is not None
+        if found:
+            self._dropHolder(repository, digest)
+        return succeed(found)
+
+    def _dropHolder(self, repository: str, digest: str) -> None:
+        holders = self._holders[digest]
+        del holders[bisect.bisect_left(holders, repository)]
+        if not holders:
+            del self._holders[digest]
 
     def isLinked(self, repository: str, digest: str) -> Deferred[bool]:
         return succeed(digest in self._links.get(repository, ()) and digest in self._blobs)
+
+    def repositoriesHolding(self, digest: str, last: str | None, limit: int) -> Deferred[list[str]]:
+        return succeed(_page(self._holders.get(digest, []), last, limit))
 
     def startUpload(self, repository: str, resumable: bool = True) -> Deferred[IUpload]:
         upload = _MemoryUpload(self, repository)
@@ -177,6 +194,7 @@ class MemoryBlobStore:
         if links.get(digest, before) >= before:
             return succeed(False)
         del links[digest]
+        self._dropHolder(repository, digest)
         return succeed(True)
 
     def deleteBlob(self, digest: str, before: float) -> Deferred[bool]:

@@ -43,10 +43,15 @@ from ociklein.storage.fs._paths import (
     UPLOAD_ID,
     UPLOAD_SUFFIX,
     blobPath,
+    catalogName,
     checkDigest,
     checkInside,
     checkRepository,
     digestPath,
+    holderPath,
+    holdersPath,
+    isRepository,
+    page,
     repositoryPath,
 )
 from ociklein.storage.fs._root import cleanTmp, prepareRoot
@@ -454,14 +459,52 @@ def _linkPath(root: str, repository: str, digest: str) -> str:
     return checkInside(root, digestPath(os.path.join(repositoryPath(root, repository), "_links"), digest))
 
 
-def _writeLink(root: str, path: str, blob: str) -> None:
+def _holderPath(root: str, digest: str, repository: str) -> str:
+    return checkInside(root, holderPath(root, digest, repository))
+
+
+def _writeLink(root: str, repository: str, digest: str) -> None:
     """
     Write a link, or record a use of an existing one, and record a use of
-    its blob if the blob is there.
+    its blob if the blob is there.  The link's entry among the blob's
+    holders comes first: a crash between the two leaves a stale holder
+    (which readers check), never a link the holders miss.  Linking again
+    repairs a missing holder.
     """
+    holder = _holderPath(root, digest, repository)
+    if not os.path.exists(holder):
+        atomicWrite(root, holder, b"")
+    path = _linkPath(root, repository, digest)
     if not recordUse(path):
         atomicWrite(root, path, b"")
-    recordUse(blob)
+    recordUse(blobPath(root, digest))
+
+
+def _removeLink(root: str, repository: str, digest: str) -> bool:
+    """
+    Unlink the blob, then drop its holder entry; whether it was linked.
+    """
+    found = removeDurably(_linkPath(root, repository, digest))
+    removeDurably(_holderPath(root, digest, repository))
+    return found
+
+
+def _removeUnusedLink(root: str, repository: str, digest: str, before: float) -> bool:
+    """
+    Remove a link unused since C{before}, and then its holder entry.
+    """
+    removed = fencedRemove(_linkPath(root, repository, digest), before)
+    if removed:
+        removeDurably(_holderPath(root, digest, repository))
+    return removed
+
+
+def _listHolders(root: str, digest: str) -> list[str]:
+    try:
+        entries = os.listdir(checkInside(root, holdersPath(root, digest)))
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in map(catalogName, entries) if isRepository(name))
 
 
 @implementer(IBlobStore, IBlobMaintenance)
@@ -549,15 +592,26 @@ class FilesystemBlobStore:
         return Deferred.fromCoroutine(self._link(repository, digest))
 
     async def _link(self, repository: str, digest: str) -> None:
-        path = _linkPath(self._root, checkRepository(repository), checkDigest(digest))
-        await inThread(self._reactor, _writeLink, self._root, path, blobPath(self._root, digest))
+        checkRepository(repository)
+        checkDigest(digest)
+        await inThread(self._reactor, _writeLink, self._root, repository, digest)
 
     def unlink(self, repository: str, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._unlink(repository, digest))
 
     async def _unlink(self, repository: str, digest: str) -> bool:
-        path = _linkPath(self._root, checkRepository(repository), checkDigest(digest))
-        return await inThread(self._reactor, removeDurably, path)
+        checkRepository(repository)
+        checkDigest(digest)
+        return await inThread(self._reactor, _removeLink, self._root, repository, digest)
+
+    def repositoriesHolding(self, digest: str, last: str | None, limit: int) -> Deferred[list[str]]:
+        return Deferred.fromCoroutine(self._repositoriesHolding(digest, last, limit))
+
+    async def _repositoriesHolding(self, digest: str, last: str | None, limit: int) -> list[str]:
+        # A popular base layer may be linked in thousands of repositories:
+        # list them in a thread.
+        names = await inThread(self._reactor, _listHolders, self._root, checkDigest(digest))
+        return page(names, last, limit)
 
     def isLinked(self, repository: str, digest: str) -> Deferred[bool]:
         return maybeDeferred(self._isLinked, repository, digest)
@@ -646,8 +700,9 @@ class FilesystemBlobStore:
         return maybeDeferred(self._deleteLink, repository, digest, before)
 
     def _deleteLink(self, repository: str, digest: str, before: float) -> Deferred[bool]:
-        path = _linkPath(self._root, checkRepository(repository), checkDigest(digest))
-        return inThread(self._reactor, fencedRemove, path, before)
+        checkRepository(repository)
+        checkDigest(digest)
+        return inThread(self._reactor, _removeUnusedLink, self._root, repository, digest, before)
 
     def deleteBlob(self, digest: str, before: float) -> Deferred[bool]:
         return maybeDeferred(self._deleteBlob, digest, before)

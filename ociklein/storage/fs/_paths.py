@@ -22,7 +22,7 @@ UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_REPOSITORY_LENGTH = MAX_NAME_LENGTH
 
 # Every top-level directory of a storage root.
-SUBDIRS = ("blobs", "repositories", "catalog", "uploads", "tmp")
+SUBDIRS = ("blobs", "repositories", "catalog", "holders", "uploads", "tmp")
 
 # Suffix of an upload session directory staged (or kept, if not resumable) in tmp/.
 UPLOAD_SUFFIX = ".upload"
@@ -140,6 +140,19 @@ def catalogPath(root: str, repository: str) -> str:
     into C{+} (outside the grammar), so listing repositories is one listdir.
     """
     return os.path.join(root, "catalog", repository.replace("/", "+"))
+
+
+def holdersPath(root: str, digest: str) -> str:
+    """
+    C{holders/<algorithm>/<hex>}: one empty file per repository the blob is
+    linked in, named as in the catalog, so the repositories holding a blob
+    are one listdir away.
+    """
+    return digestPath(os.path.join(root, "holders"), digest)
+
+
+def holderPath(root: str, digest: str, repository: str) -> str:
+    return os.path.join(holdersPath(root, digest), repository.replace("/", "+"))
 
 
 def catalogName(entry: str) -> str:
