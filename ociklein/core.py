@@ -525,14 +525,18 @@ class RegistryCore:
             await self.manifests.putManifest(
                 name, digest, manifest.mediaType, content, manifest.subject, descriptor
             )
+        # A sparse manifest may name digests no store keeps (say sha384):
+        # there is nothing of theirs to fence.
+        referenced = [d for d in manifest.blobs if isSupportedDigest(d)]
+        children = [d for d in manifest.children if isSupportedDigest(d)]
         blobs = IBlobMaintenance(self.blobs, None)
-        if blobs is not None and manifest.blobs:
-            lost = await blobs.touch(name, manifest.blobs)
+        if blobs is not None and referenced:
+            lost = await blobs.touch(name, referenced)
             if lost and not self.allowSparseManifests:
                 return lost[0]
         backend = IManifestMaintenance(self.manifests, None)
-        if backend is not None and manifest.children:
-            lost = await backend.touchManifests(name, manifest.children)
+        if backend is not None and children:
+            lost = await backend.touchManifests(name, children)
             if lost and not self.allowSparseManifests:
                 return lost[0]
         for tag in tags:

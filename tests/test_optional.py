@@ -394,3 +394,17 @@ async def test_mount_checks_each_holder(client: Any, registry: Registry, options
     assert await registry.core.blobs.repositoriesHolding(missing, None, 10) == ["stale/holder"]
     assert (await mount(client, "target/repo", missing)).code == 202
     assert await blobCode(client, "target/repo", missing) == 404
+
+
+@pytest.mark.parametrize("options", SPARSE[1:], indirect=True, ids=["on"])
+@pytest_twisted.ensureDeferred
+async def test_sparse_blobs_of_other_algorithms(client: Any, options: dict[str, Any]) -> None:
+    """With sparse manifests allowed, blobs named by digests ociklein never stores are accepted, not a 5xx."""
+    document = imageManifest(CONFIG, [LAYER])
+    document["layers"][0]["digest"] = "sha384:" + "a" * 96
+    document["config"]["digest"] = "sha256:" + "A" * 64
+    content = json.dumps(document).encode()
+    response = await putManifest(client, "mirror/odd", "v1", content)
+    assert response.code == 201, response.body
+    code, got = await manifestAt(client, "mirror/odd", "v1")
+    assert (code, got.body) == (200, content)
