@@ -292,7 +292,7 @@ class RegistryCore:
         upload = None
         try:
             upload = await self.getUpload(name, uploadId)
-            return await self._append(upload, body, contentRange)
+            return await self._append(upload, body, contentRange, flush=True)
         except BlockingIOError:
             raise _busyElsewhere() from None
         finally:
@@ -336,9 +336,13 @@ class RegistryCore:
         if upload is not None:
             upload.close()
 
-    async def _append(self, upload: IUpload, body: Body, contentRange: str | None = None) -> int:
+    async def _append(
+        self, upload: IUpload, body: Body, contentRange: str | None = None, flush: bool = False
+    ) -> int:
         """
-        Stream C{body} into C{upload}; return the session's new size.
+        Stream C{body} into C{upload}; return the session's new size.  With
+        C{flush}, the data is durable and shared before this returns: the
+        client may continue the session through another node.
 
         A chunk that does not start where the session ends is refused (416).
         A failed write ends the session, whose data may be torn.
@@ -354,6 +358,8 @@ class RegistryCore:
                 )
         try:
             await body.deliverTo(upload.write)
+            if flush:
+                await upload.flush()
         except BlockingIOError:
             raise  # another process holds the session: nothing was written
         except OSError as e:

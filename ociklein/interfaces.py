@@ -18,6 +18,20 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
 
+class StorageUnavailable(Exception):
+    """
+    The store cannot be reached or is shedding load (a remote object store
+    down or throttling): the request may succeed later.  Clients are told
+    to retry after C{retryAfter} seconds, and nothing is half-done that a
+    retry cannot finish.
+    """
+
+    def __init__(self, reason: str, retryAfter: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryAfter = retryAfter
+
+
 class IBlobReader(Interface):
     """
     An open blob, read in bounded pieces so that no caller holds it whole.
@@ -54,6 +68,14 @@ class IUpload(Interface):
 
         A failure (for example L{OSError} with C{ENOSPC}) leaves the session
         unusable; the caller aborts it.
+        """
+
+    def flush() -> Deferred[None]:
+        """
+        Make everything written so far durable and visible to every process
+        sharing the store, before the client is told it was received.  A
+        store whose writes are already shared (memory, one disk) does
+        nothing.
         """
 
     def digest(algorithm: str) -> Deferred[str]:

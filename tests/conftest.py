@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
+from seaweedfixture import S3Backends
+from seaweedfixture import seaweedfs as seaweedfs  # the session's SeaweedFS, for every test module
 from treq.testing import StubTreq
 from twistdprocess import TwistdRegistry
 from twisted.internet import reactor
@@ -21,13 +23,20 @@ from twisted.internet.task import deferLater
 
 from ociklein import MemoryBlobStore, MemoryManifestBackend, Registry
 
-BACKENDS = ["memory", "fs"]
+BACKENDS = ["memory", "fs", "s3"]
 
 
-def makeBackends(kind: str, root: Path) -> tuple[Any, Any]:
+def makeBackends(kind: str, root: Path, request: pytest.FixtureRequest | None = None) -> tuple[Any, Any]:
     """
-    A manifest backend and a blob store of the given kind.
+    A manifest backend and a blob store of the given kind; s3 needs the
+    test's C{request} to start (or reuse) the session's SeaweedFS, and
+    closes its client when the test ends.
     """
+    if kind == "s3":
+        assert request is not None
+        s3 = S3Backends(request.getfixturevalue("seaweedfs"))
+        request.addfinalizer(s3.close)
+        return s3.manifests, s3.blobs
     if kind == "memory":
         return MemoryManifestBackend(), MemoryBlobStore()
     from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
@@ -88,7 +97,7 @@ class LiveClient:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
-    manifests, blobs = makeBackends(request.param, tmp_path / "root")
+    manifests, blobs = makeBackends(request.param, tmp_path / "root", request)
     yield manifests, blobs
     close = getattr(blobs, "close", None)
     if close is not None:

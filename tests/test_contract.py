@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
+from seaweedfixture import S3Backends
 from zope.interface.verify import verifyObject
 
 from ociklein.interfaces import (
@@ -50,10 +51,17 @@ class Backends:
     manifests: IManifestBackend
 
 
-@pytest.fixture(params=["memory", "fs"])
+@pytest.fixture(params=["memory", "fs", "s3"])
 def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backends]:
     if request.param == "memory":
         yield Backends(MemoryBlobStore(), MemoryManifestBackend())
+        return
+    if request.param == "s3":
+        s3 = S3Backends(request.getfixturevalue("seaweedfs"))
+        try:
+            yield Backends(s3.blobs, s3.manifests)
+        finally:
+            s3.close()
         return
     root = str(tmp_path / "root")
     store = FilesystemBlobStore(root)

@@ -27,7 +27,7 @@ from ociklein.core import Page, RegistryCore
 from ociklein.errors import OCIError
 from ociklein.http._download import BlobSender, parseRange
 from ociklein.http._streaming import requestBody
-from ociklein.interfaces import IBlobReader
+from ociklein.interfaces import IBlobReader, StorageUnavailable
 
 log = Logger()
 
@@ -341,6 +341,9 @@ class RegistryRoutes:
             return _error(request, e)
         except ConnectionClosed:
             return None  # the client went while sending its body: nobody to answer
+        except StorageUnavailable as e:
+            log.warn("storage unavailable serving {method} {path}: {e}", method=method, path=path, e=e)
+            return _error(request, errors.unavailable(e.reason, e.retryAfter))
         except OSError as e:
             # The store failed (out of descriptors, a full disk, an I/O
             # error): say which, keep serving.

@@ -72,6 +72,9 @@ class _MemoryUpload:
         self._sha256.update(data)
         return succeed(None)
 
+    def flush(self) -> Deferred[None]:
+        return succeed(None)
+
     def digest(self, algorithm: str) -> Deferred[str]:
         if algorithm == "sha256":
             return succeed(self._sha256.hexdigest())

@@ -1,9 +1,6 @@
 """
-Names to paths under a filesystem storage root.
-
-The backend re-checks every name itself, although the core already did:
-a path built from an unchecked name is the one mistake a filesystem
-backend cannot take back.  The grammars are those of L{ociklein.names}.
+Names to paths under a filesystem storage root, from names checked by
+L{ociklein.storage._checks}.
 """
 
 from __future__ import annotations
@@ -16,6 +13,10 @@ import stat
 
 from ociklein.names import MAX_NAME_LENGTH, isName, isSupportedDigest
 from ociklein.names import isTag as _isTag
+from ociklein.storage._checks import checkDigest as checkDigest
+from ociklein.storage._checks import checkRepository as checkRepository
+from ociklein.storage._checks import checkTag as checkTag
+from ociklein.storage._checks import shown as shown
 
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
@@ -28,39 +29,6 @@ SUBDIRS = ("blobs", "repositories", "catalog", "holders", "uploads", "tmp")
 UPLOAD_SUFFIX = ".upload"
 # Suffix of a directory renamed into tmp/ only to be removed: garbage at once.
 DISCARDED = ".del"
-
-
-def shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def checkRepository(repository: str) -> str:
-    """
-    Refuse a repository name outside the spec's grammar, so that no name
-    can climb out of the root or collide with an internal C{_} directory.
-    """
-    if not isinstance(repository, str) or not isName(repository):
-        raise ValueError(f"invalid repository name {shown(repository)}")
-    return repository
-
-
-def checkTag(tag: str) -> str:
-    """
-    Refuse a tag outside the spec's grammar; tags become file names.
-    """
-    if not isinstance(tag, str) or not _isTag(tag):
-        raise ValueError(f"invalid tag {shown(tag)}")
-    return tag
-
-
-def checkDigest(digest: str) -> str:
-    """
-    Refuse anything but a sha256 or sha512 digest; digests become paths.
-    """
-    if not isinstance(digest, str) or not isSupportedDigest(digest):
-        raise ValueError(f"invalid digest {shown(digest)}")
-    return digest
 
 
 def isTag(name: str) -> bool:

@@ -1,0 +1,295 @@
+"""
+Blobs, links and upload sessions in a bucket.
+
+A blob is one object named by its digest.  Its size is the one thing this
+node caches (content-addressed, so it never changes); links, sessions and
+listings are asked of the bucket every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import OrderedDict
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ociklein.interfaces import IBlobReader, IBlobStore, IUpload
+from ociklein.storage._checks import checkRepository
+from ociklein.storage.s3._client import S3Client
+from ociklein.storage.s3._keys import UPLOAD_ID
+from ociklein.storage.s3._uploads import S3Upload, SessionInfo
+
+_log = Logger()
+
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last
+MAX_PART_SIZE = 64 * 1024 * 1024
+_SIZES = 65536
+_SESSIONS = 16
+
+
+@implementer(IBlobReader)
+class _S3Reader:
+    """
+    A blob read through one streaming GET from the first offset asked: a
+    download reads on from where it stopped, and only a jump (a second
+    Range) opens another GET.  Nothing is read ahead of what is asked.
+    """
+
+    def __init__(self, client: S3Client, key: str, size: int) -> None:
+        self._client = client
+        self._key = key
+        self.size = size
+        self._body: Any = None
+        self._position = 0
+        self._closed = False
+        self._reading = False
+
+    def read(self, offset: int, length: int) -> Deferred[bytes]:
+        if offset < 0:
+            return fail(ValueError(f"negative offset {offset}"))
+        want = min(length, self.size - offset)
+        if self._closed or want <= 0:
+            return succeed(b"")
+        if self._reading:
+            return fail(RuntimeError("a read is already running"))
+        self._reading = True
+
+        def done(result: object) -> object:
+            self._reading = False
+            if self._closed:
+                self._drop()
+            return result
+
+        return self._client.run(self._read, offset, want).addBoth(done)
+
+    def _read(self, offset: int, want: int) -> bytes:
+        if self._body is None or self._position != offset:
+            self._drop()
+            response = self._client.s3.get_object(
+                Bucket=self._client.bucket, Key=self._key, Range=f"bytes={offset}-{self.size - 1}"
+            )
+            self._body = response["Body"]
+            self._position = offset
+        chunks = []
+        while want > 0:
+            chunk = self._body.read(want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+            self._position += len(chunk)
+        return b"".join(chunks)
+
+    def _drop(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            body.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if not self._reading:
+            self._drop()
+
+
+@implementer(IBlobStore)
+class S3BlobStore:
+    """
+    Blobs under C{blobs/}, links under C{repositories/}, upload sessions
+    under C{uploads/} of the client's prefix; sessions expire C{uploadTTL}
+    seconds (by C{clock}, which every node must agree on) after they start.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        clock: IReactorTime | None = None,
+        uploadTTL: float = 86400.0,
+        partSize: int = DEFAULT_PART_SIZE,
+    ) -> None:
+        if not MIN_PART_SIZE <= partSize <= MAX_PART_SIZE:
+            raise ValueError(f"part size must be from {MIN_PART_SIZE} to {MAX_PART_SIZE} bytes")
+        self._client = client
+        self._keys = client.keys
+        self._clock = clock if clock is not None else cast(IReactorTime, client.reactor)
+        self._ttl = uploadTTL
+        self._partSize = partSize
+        self._sizes: OrderedDict[str, int] = OrderedDict()
+        # Sessions this node wrote last, with their tail and running hash;
+        # bounded, since each holds up to a part in memory.
+        self._sessions: OrderedDict[str, S3Upload] = OrderedDict()
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self._clock
+        self._sweeper.start(max(1.0, min(uploadTTL / 2, 3600.0)), now=False)
+
+    def close(self) -> None:
+        """
+        Stop the periodic expiry; sessions stay in the bucket.
+        """
+        if self._sweeper.running:
+            self._sweeper.stop()
+        self._sessions.clear()
+
+    # -- blobs --------------------------------------------------------------
+
+    def _known(self, digest: str, size: int) -> None:
+        self._sizes[digest] = size
+        self._sizes.move_to_end(digest)
+        if len(self._sizes) > _SIZES:
+            self._sizes.popitem(last=False)
+
+    def stat(self, digest: str) -> Deferred[int | None]:
+        key = self._keys.blob(digest)
+        size = self._sizes.get(digest)
+        if size is not None:
+            return succeed(size)
+
+        def found(head: dict[str, Any] | None) -> int | None:
+            if head is None:
+                return None
+            self._known(digest, int(head["ContentLength"]))
+            return int(head["ContentLength"])
+
+        return self._client.run(self._client.head, key).addCallback(found)
+
+    def open(self, digest: str) -> Deferred[IBlobReader | None]:
+        key = self._keys.blob(digest)
+
+        def opened(size: int | None) -> IBlobReader | None:
+            return None if size is None else _S3Reader(self._client, key, size)
+
+        return self.stat(digest).addCallback(opened)
+
+    def link(self, repository: str, digest: str) -> Deferred[None]:
+        return self._client.run(self._client.put, self._keys.link(repository, digest), b"")
+
+    def unlink(self, repository: str, digest: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._unlink(repository, digest))
+
+    async def _unlink(self, repository: str, digest: str) -> bool:
+        key = self._keys.link(repository, digest)
+        if await self._client.run(self._client.head, key) is None:
+            return False
+        await self._client.run(self._client.delete, key)
+        return True
+
+    def isLinked(self, repository: str, digest: str) -> Deferred[bool]:
+        key = self._keys.link(repository, digest)
+        linked: Deferred[Any] = self._client.run(self._client.head, key)
+        sized: Deferred[Any] = self.stat(digest)
+        return gatherResults([linked, sized], consumeErrors=True).addCallbacks(
+            lambda both: both[0] is not None and both[1] is not None, lambda f: f.value.subFailure
+        )
+
+    # -- upload sessions ----------------------------------------------------
+
+    def startUpload(self, repository: str, resumable: bool = True) -> Deferred[IUpload]:
+        checkRepository(repository)
+        uploadId = secrets.token_urlsafe(24)
+        info = SessionInfo(repository, self._clock.seconds(), self._partSize, resumable)
+        upload = S3Upload(self, uploadId, info, b"", hashlib.sha256(), stored=resumable)
+        if not resumable:
+            # Nothing in the bucket until a first part fills up: a small
+            # monolithic push costs no session objects at all.
+            return succeed(upload)
+        self._remember(upload)
+        written = self._client.run(self._client.put, self._keys.uploadInfo(uploadId), info.encode())
+        return written.addCallback(lambda _: upload)
+
+    def getUpload(self, uploadId: str) -> Deferred[IUpload | None]:
+        if not isinstance(uploadId, str) or UPLOAD_ID.fullmatch(uploadId) is None:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._getUpload(uploadId))
+
+    async def _getUpload(self, uploadId: str) -> IUpload | None:
+        client = self._client
+        found = await client.run(client.get, self._keys.uploadInfo(uploadId))
+        info = None if found is None else SessionInfo.decode(found[0])
+        cached = self._sessions.get(uploadId)
+        if info is None or not info.resumable:
+            if cached is not None:
+                self._forget(cached)
+            return None
+        if self._clock.seconds() >= info.started + self._ttl:
+            if cached is not None:
+                self._forget(cached)
+            await client.run(self._removeSession, uploadId)
+            return None
+        # This node's view holds the tail and the running hash; it is right
+        # unless another node wrote the session since this one last did.
+        if cached is not None and (cached._busy or cached._info.encode() == info.encode()):
+            self._sessions.move_to_end(uploadId)
+            return cached
+        tail = b""
+        if info.tail is not None:
+            got = await client.run(client.get, info.tail)
+            tail = b"" if got is None else got[0]
+        if len(tail) != info.size - info.parts * info.partSize:
+            _log.warn("upload {uploadId}: tail does not match its info", uploadId=uploadId)
+            return None
+        upload = S3Upload(self, uploadId, info, tail, hashlib.sha256() if info.size == 0 else None, True)
+        self._remember(upload)
+        return upload
+
+    def _remember(self, upload: S3Upload) -> None:
+        self._sessions[upload.uploadId] = upload
+        self._sessions.move_to_end(upload.uploadId)
+        if len(self._sessions) > _SESSIONS:
+            self._sessions.popitem(last=False)
+
+    def _forget(self, upload: S3Upload) -> None:
+        if self._sessions.get(upload.uploadId) is upload:
+            del self._sessions[upload.uploadId]
+
+    def _removeSession(self, uploadId: str) -> None:
+        """
+        Delete every object of a session, C{info} last: a failure half way
+        leaves a session that expiry still finds.  (Blocking.)
+        """
+        info = self._keys.uploadInfo(uploadId)
+        keys = [e["Key"] for e in self._client.listObjects(self._keys.upload(uploadId))]
+        self._client.deleteMany([k for k in keys if k != info])
+        self._client.delete(info)
+
+    # -- expiry -------------------------------------------------------------
+
+    def expireUploads(self) -> Deferred[list[str]]:
+        """
+        Remove expired sessions, and abandoned multipart uploads of blobs,
+        now; fires with the ids of the sessions removed.
+        """
+        return self._client.run(self._expire, self._clock.seconds())
+
+    def _expire(self, now: float) -> list[str]:
+        client, removed = self._client, []
+        for prefix in client.listPrefixes(self._keys.uploads):
+            uploadId = prefix[len(self._keys.uploads) :].rstrip("/")
+            if UPLOAD_ID.fullmatch(uploadId) is None:
+                continue
+            found = client.get(self._keys.uploadInfo(uploadId))
+            info = None if found is None else SessionInfo.decode(found[0])
+            if info is None or now >= info.started + self._ttl:
+                self._removeSession(uploadId)
+                removed.append(uploadId)
+        # A node killed while assembling a blob leaves its multipart upload.
+        paginator = client.s3.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=client.bucket, Prefix=self._keys.blobs):
+            for multipart in page.get("Uploads", []):
+                if now >= multipart["Initiated"].timestamp() + self._ttl:
+                    client.s3.abort_multipart_upload(
+                        Bucket=client.bucket, Key=multipart["Key"], UploadId=multipart["UploadId"]
+                    )
+        return removed
+
+    def _sweep(self) -> Deferred[None]:
+        def logged(failure: Any) -> None:
+            _log.failure("Expiring upload sessions failed", failure)
+
+        return self.expireUploads().addCallbacks(lambda _: None, logged)
+

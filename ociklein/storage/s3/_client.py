@@ -1,0 +1,275 @@
+"""
+The S3 client: boto3 in a bounded thread pool of its own, and the
+translation of its failures into what the storage contracts promise.
+
+boto3 blocks, so every call runs in this pool, never on the reactor thread,
+and never in the reactor's own pool (which fs work and name lookups share):
+a slow object store cannot starve anything else.  The pool's size bounds
+the number of concurrent S3 requests and of HTTP connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from ociklein.interfaces import StorageUnavailable
+from ociklein.storage._threads import resolveReactor
+from ociklein.storage.s3._keys import Keys
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+DEFAULT_THREADS = 16
+# S3 error codes that mean "slow down", whatever the HTTP status.
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+_MISSING = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
+_sessions: dict[str | None, Any] = {}
+
+
+class S3Config:
+    """
+    Where the bucket is and how to reach it; C{None} means the standard AWS
+    default (environment variables, shared config, instance role).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        endpoint: str | None = None,
+        region: str | None = None,
+        prefix: str = "",
+        credentialsFile: str | None = None,
+        caFile: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.endpoint = endpoint
+        self.region = region
+        self.prefix = prefix
+        self.credentialsFile = credentialsFile
+        self.caFile = caFile
+
+    def makeClient(self, connections: int, attempts: int = 3, timeout: float = 30.0) -> Any:
+        """
+        A boto3 S3 client: SigV4, path-style addressing when an endpoint is
+        given (what S3-compatible stores expect), retries with backoff.
+        """
+        import boto3
+        import botocore.session
+        from botocore.config import Config
+
+        session = _sessions.get(self.credentialsFile)
+        if session is None:
+            # One botocore session per credentials file: it caches the
+            # service model, which is slow to load for every client.
+            core = botocore.session.get_session()
+            if self.credentialsFile is not None:
+                core.set_config_variable("credentials_file", self.credentialsFile)
+            session = _sessions[self.credentialsFile] = boto3.Session(botocore_session=core)
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if self.endpoint else "auto"},
+            retries={"max_attempts": attempts, "mode": "standard"},
+            max_pool_connections=connections,
+            connect_timeout=min(5.0, timeout),
+            read_timeout=timeout,
+            # Checksums only where S3 requires them: CRC32 of every part in
+            # Python would cost CPU that sha256 already spends.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        return session.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region or "us-east-1",
+            verify=self.caFile if self.caFile else True,
+            config=config,
+        )
+
+    def check(self) -> None:
+        """
+        Fail with a one-line L{ValueError} unless the bucket can be used:
+        for a startup check, before serving.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        where = f"bucket {self.bucket!r}" + (f" at {self.endpoint}" if self.endpoint else "")
+        client = self.makeClient(1, attempts=1, timeout=10.0)
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                raise ValueError(f"{where}: no such bucket") from None
+            if status in (401, 403):
+                raise ValueError(f"{where}: access denied, check the credentials") from None
+            raise ValueError(f"{where}: {_oneLine(e)}") from None
+        except BotoCoreError as e:
+            raise ValueError(f"{where}: {_oneLine(e)}") from None
+        finally:
+            client.close()
+
+
+def _oneLine(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def errorCode(e: Exception) -> tuple[int | None, str]:
+    """
+    The HTTP status and S3 error code of a botocore ClientError.
+    """
+    response = getattr(e, "response", {}) or {}
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status, str(response.get("Error", {}).get("Code", ""))
+
+
+def isMissing(e: Exception) -> bool:
+    """
+    Whether a ClientError says the key (or multipart upload) is not there.
+    """
+    status, code = errorCode(e)
+    return status == 404 or code in _MISSING
+
+
+def translate(e: Exception) -> Exception:
+    """
+    A store that cannot be reached, times out, throttles or fails with a
+    5xx becomes L{StorageUnavailable} (503 and Retry-After for clients);
+    so does a refusal (403), which a retry after fixing the store's
+    configuration cures.  A missing key is left for the caller to handle.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(e, ClientError):
+        if isMissing(e):
+            return e
+        status, code = errorCode(e)
+        if code in _THROTTLED or status in (429, 503):
+            return StorageUnavailable(f"object store throttling: {code or status}", retryAfter=1)
+        return StorageUnavailable(f"object store error: {code or status}", retryAfter=5)
+    if isinstance(e, BotoCoreError):
+        return StorageUnavailable(f"object store unreachable: {_oneLine(e)}", retryAfter=5)
+    return e
+
+
+class S3Client:
+    """
+    One bucket (under a key prefix) and the thread pool its calls run in.
+    Both the blob store and the manifest backend of a node use one client.
+    """
+
+    def __init__(self, config: S3Config, reactor: Any = None, threads: int = DEFAULT_THREADS) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self.keys = Keys(config.prefix)
+        self.reactor = resolveReactor(reactor)
+        self.s3 = config.makeClient(threads + 2)
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociklein-s3")
+        self._pool.start()
+        self._trigger = self.reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+            "during", "shutdown", self._pool.stop
+        )
+
+    def run(self, f: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_R]:
+        """
+        Run blocking S3 work in the pool; its botocore failures arrive
+        translated by L{translate}.
+        """
+
+        def translated() -> _R:
+            try:
+                return f(*args, **kwargs)
+            except Exception as e:
+                replacement = translate(e)
+                if replacement is e:
+                    raise
+                raise replacement from e
+
+        return deferToThreadPool(self.reactor, self._pool, translated)
+
+    def close(self) -> None:
+        """
+        Stop the pool (waiting for running calls) and close connections.
+        """
+        if self._pool.started:
+            self._pool.stop()
+            self.reactor.removeSystemEventTrigger(self._trigger)  # type: ignore[attr-defined]
+            self.s3.close()
+
+    # Blocking helpers, for use inside L{run}.
+
+    def get(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
+        """
+        The object's bytes and response (headers, metadata), or L{None}.
+        """
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=key)
+        except Exception as e:
+            if isMissing(e):
+                return None
+            raise
+        with response["Body"] as body:
+            return body.read(), response
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.s3.head_object(Bucket=self.bucket, Key=key))
+        except Exception as e:
+            if isMissing(e):
+                return None
+            raise
+
+    def put(self, key: str, body: bytes, **extra: Any) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def deleteMany(self, keys: list[str]) -> None:
+        """
+        Delete keys in batches of 1000; a key already gone is no error.
+        """
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            response = self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            failed = [e for e in response.get("Errors", []) if e.get("Code") not in _MISSING]
+            if failed:
+                raise StorageUnavailable(f"object store could not delete {failed[0].get('Key')}", 5)
+
+    def listObjects(
+        self, prefix: str, startAfter: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """
+        The objects (C{Key}, C{ETag}, C{Size}, C{LastModified}) under
+        C{prefix} in key order, after C{startAfter}, at most C{limit}.
+        """
+        found: list[dict[str, Any]] = []
+        token = None
+        while limit is None or len(found) < limit:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if limit is not None:
+                kwargs["MaxKeys"] = min(1000, limit - len(found))
+            if token is not None:
+                kwargs["ContinuationToken"] = token
+            elif startAfter is not None:
+                kwargs["StartAfter"] = startAfter
+            response = self.s3.list_objects_v2(**kwargs)
+            found.extend(response.get("Contents", []))
+            token = response.get("NextContinuationToken")
+            if not response.get("IsTruncated") or token is None:
+                break
+        return found if limit is None else found[:limit]
+
+    def listPrefixes(self, prefix: str) -> list[str]:
+        """
+        The "directories" right under C{prefix} (common prefixes at C{/}).
+        """
+        found: list[str] = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            found.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+        return found

@@ -1,0 +1,217 @@
+"""
+Manifests, tags, the catalog and the referrers index as objects.
+
+Nothing here is cached: S3 is strongly consistent, so what one node wrote
+is what every node reads as soon as the write was answered.  Listings are
+one C{ListObjectsV2} page per page asked, never a read of everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from zope.interface import implementer
+
+from ociklein.interfaces import IManifestBackend
+from ociklein.names import isSupportedDigest, isTag
+from ociklein.storage._checks import checkDigest, checkRepository
+from ociklein.storage.s3._client import S3Client
+from ociklein.storage.s3._keys import decodeName, encodeName
+
+# Object metadata (x-amz-meta-subject) of a manifest that has a subject.
+_SUBJECT = "subject"
+
+
+def _tagBody(digest: str) -> bytes:
+    return digest.encode() + b"\n"
+
+
+def _readDigest(data: bytes) -> str | None:
+    text = data[:256].decode("ascii", "replace").strip()
+    return text if isSupportedDigest(text) else None
+
+
+def _plainETag(etag: str) -> str | None:
+    """
+    The MD5 hex an ETag carries, for objects written in one PUT without
+    server-side encryption; L{None} when the ETag is something else.
+    """
+    etag = etag.strip('"')
+    return etag if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) else None
+
+
+@implementer(IManifestBackend)
+class S3ManifestBackend:
+    """
+    Manifests (their media type as the object's Content-Type, their subject
+    in its metadata), tags holding a digest, empty catalog entries and one
+    small JSON object per referrer.
+    """
+
+    def __init__(self, client: S3Client) -> None:
+        self._client = client
+        self._keys = client.keys
+
+    def _both(self, *calls: Deferred[Any]) -> Deferred[Any]:
+        return gatherResults(list(calls), consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+
+    def getManifest(self, repository: str, digest: str) -> Deferred[tuple[str, bytes] | None]:
+        key = self._keys.manifest(repository, digest)
+
+        def found(result: tuple[bytes, dict[str, Any]] | None) -> tuple[str, bytes] | None:
+            if result is None:
+                return None
+            content, response = result
+            return response.get("ContentType", "application/octet-stream"), content
+
+        return self._client.run(self._client.get, key).addCallback(found)
+
+    def putManifest(
+        self,
+        repository: str,
+        digest: str,
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(
+            self._putManifest(repository, digest, mediaType, content, subject, descriptor)
+        )
+
+    async def _putManifest(
+        self,
+        repository: str,
+        digest: str,
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+    ) -> None:
+        key = self._keys.manifest(repository, digest)
+        metadata = {} if subject is None else {_SUBJECT: checkDigest(subject)}
+        # The catalog entry and the manifest at once; the referrers entry
+        # only after the manifest, so the index never names a missing one.
+        await self._both(
+            self._register(repository),
+            self._client.run(self._client.put, key, content, ContentType=mediaType, Metadata=metadata),
+        )
+        if subject is not None:
+            encoded = json.dumps(descriptor).encode()
+            referrer = self._keys.referrer(repository, subject, digest)
+            await self._client.run(self._client.put, referrer, encoded, ContentType="application/json")
+
+    def _register(self, repository: str) -> Deferred[None]:
+        """
+        Enter the repository in the catalog: an empty object, written again
+        each time (as cheap as asking whether it is there).
+        """
+        return self._client.run(self._client.put, self._keys.catalogEntry(repository), b"")
+
+    def deleteManifest(self, repository: str, digest: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._deleteManifest(repository, digest))
+
+    async def _deleteManifest(self, repository: str, digest: str) -> bool:
+        client, key = self._client, self._keys.manifest(repository, digest)
+        head = await client.run(client.head, key)
+        if head is None:
+            return False
+        subject = head.get("Metadata", {}).get(_SUBJECT)
+        if subject is not None and isSupportedDigest(subject):
+            await client.run(client.delete, self._keys.referrer(repository, subject, digest))
+        tags = await client.run(self._tagsOn, repository, digest)
+        if tags:
+            await client.run(client.deleteMany, tags)
+        # The manifest goes last: a failure half way leaves it in place, so
+        # deleting it again finishes the job.
+        await client.run(client.delete, key)
+        return True
+
+    def _tagsOn(self, repository: str, digest: str) -> list[str]:
+        """
+        The keys of the tags pointing at C{digest}.  A tag object written in
+        one PUT has the MD5 of its body as ETag, so the listing alone tells
+        which tags to remove; a store with other ETags costs a GET per tag.
+        """
+        body = _tagBody(digest)
+        wanted = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        found = []
+        for entry in self._client.listObjects(self._keys.tags(repository)):
+            etag = _plainETag(entry.get("ETag", ""))
+            if etag is not None:
+                if etag == wanted:
+                    found.append(entry["Key"])
+                continue
+            got = self._client.get(entry["Key"])
+            if got is not None and _readDigest(got[0]) == digest:
+                found.append(entry["Key"])
+        return found
+
+    def resolveTag(self, repository: str, tag: str) -> Deferred[str | None]:
+        key = self._keys.tag(repository, tag)
+
+        def found(result: tuple[bytes, dict[str, Any]] | None) -> str | None:
+            return None if result is None else _readDigest(result[0])
+
+        return self._client.run(self._client.get, key).addCallback(found)
+
+    def setTag(self, repository: str, tag: str, digest: str) -> Deferred[None]:
+        # One PUT replaces the object whole: concurrent writers of a tag
+        # leave the last one's digest, never a mix.
+        key = self._keys.tag(repository, tag)
+        body = _tagBody(checkDigest(digest))
+        return self._both(self._register(repository), self._client.run(self._client.put, key, body))
+
+    def deleteTag(self, repository: str, tag: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._deleteTag(repository, tag))
+
+    async def _deleteTag(self, repository: str, tag: str) -> bool:
+        key = self._keys.tag(repository, tag)
+        # S3 answers a DELETE alike whether the key was there or not.
+        if await self._client.run(self._client.head, key) is None:
+            return False
+        await self._client.run(self._client.delete, key)
+        return True
+
+    def listTags(self, repository: str, last: str | None, limit: int) -> Deferred[list[str] | None]:
+        return self._client.run(self._listTags, checkRepository(repository), last, limit)
+
+    def _listTags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
+        prefix = self._keys.tags(repository)
+        tags: list[str] = []
+        if limit > 0:
+            # Tags are ASCII, so key order (by bytes) is the order of names.
+            entries = self._client.listObjects(prefix, None if last is None else prefix + last, limit)
+            tags = [name for name in (e["Key"][len(prefix) :] for e in entries) if isTag(name)]
+        if not tags and self._client.head(self._keys.catalogEntry(repository)) is None:
+            return None
+        return tags
+
+    def listRepositories(self, last: str | None, limit: int) -> Deferred[list[str]]:
+        return self._client.run(self._listRepositories, last, limit)
+
+    def _listRepositories(self, last: str | None, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        prefix = self._keys.catalog
+        startAfter = None if last is None else prefix + encodeName(last)
+        names = []
+        for entry in self._client.listObjects(prefix, startAfter, limit):
+            name = decodeName(entry["Key"][len(prefix) :])
+            if name is not None:
+                names.append(name)
+        return names
+
+    def referrers(self, repository: str, subject: str) -> Deferred[list[dict[str, Any]]]:
+        return self._client.run(self._referrers, repository, subject)
+
+    def _referrers(self, repository: str, subject: str) -> list[dict[str, Any]]:
+        found = []
+        for entry in self._client.listObjects(self._keys.referrers(repository, subject)):
+            got = self._client.get(entry["Key"])
+            if got is not None:
+                found.append(json.loads(got[0]))
+        return found
