@@ -27,6 +27,13 @@ DEFAULTS: dict[str, Any] = {
     "listen": ["tcp:5000"],
     "backend": "memory",
     "root": "./ociregistry-data",
+    "s3-endpoint": "",
+    "s3-bucket": "",
+    "s3-region": "",
+    "s3-prefix": "",
+    "s3-credentials": "",
+    "s3-ca-file": "",
+    "s3-part-size": 8,
     "max-manifest-bytes": DEFAULT_MAX_MANIFEST_BYTES,
     "upload-ttl": 86400.0,
     "access-log": True,
@@ -57,7 +64,17 @@ _CONVERT = {
     "workers": int,
     "header-timeout": float,
     "idle-timeout": float,
+    "s3-part-size": int,
 }
+_S3_KEYS = (
+    "s3-endpoint",
+    "s3-bucket",
+    "s3-region",
+    "s3-prefix",
+    "s3-credentials",
+    "s3-ca-file",
+    "s3-part-size",
+)
 _BOOLEANS = {
     "yes": True,
     "true": True,
@@ -78,8 +95,20 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "An OCI Distribution v1.1 container registry."
     optParameters = [
-        ["backend", None, None, "Storage backend: memory or fs. [default: memory]"],
+        ["backend", None, None, "Storage backend: memory, fs or s3. [default: memory]"],
         ["root", None, None, "Data directory of the fs backend. [default: ./ociregistry-data]"],
+        ["s3-endpoint", None, None, "URL of an S3-compatible store. [default: AWS S3]"],
+        ["s3-bucket", None, None, "Bucket of the s3 backend, which must exist. [required for s3]"],
+        ["s3-region", None, None, "Region of the bucket. [default: AWS config, else us-east-1]"],
+        ["s3-prefix", None, None, "Key prefix, so several registries can share a bucket. [default: none]"],
+        ["s3-credentials", None, None, "An AWS shared-credentials file. [default: AWS environment/config]"],
+        ["s3-ca-file", None, None, "CA bundle to verify the endpoint's TLS with. [default: system CAs]"],
+        [
+            "s3-part-size",
+            None,
+            None,
+            "Size of the parts uploads are stored in, in MiB, 5 to 64. [default: 8]",
+        ],
         ["max-manifest-bytes", None, None, "Largest manifest accepted, in bytes. [default: 4194304]"],
         ["upload-ttl", None, None, "Seconds after which an upload session expires. [default: 86400]"],
         ["access-log", None, None, "Log one line per request: yes or no. [default: yes]"],
@@ -199,8 +228,10 @@ class Options(usage.Options):
                 if flag is None:
                     raise usage.UsageError(f"--{key} must be yes or no, not {self[key]!r}")
                 self[key] = flag
-        if self["backend"] not in ("memory", "fs"):
-            raise usage.UsageError(f"--backend must be memory or fs, not {self['backend']!r}")
+        if self["backend"] not in ("memory", "fs", "s3"):
+            raise usage.UsageError(f"--backend must be memory, fs or s3, not {self['backend']!r}")
+        if self["backend"] == "s3":
+            self._checkS3()
         from twisted.internet import reactor
 
         if not self["listen"]:
@@ -211,11 +242,49 @@ class Options(usage.Options):
             except Exception as e:  # a missing or unreadable TLS key is an OSError or an SSL error
                 raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
         if self["workers"] > 1:
-            if self["backend"] != "fs":
-                raise usage.UsageError("--workers above 1 needs --backend=fs: memory is not shared")
+            if self["backend"] == "memory":
+                raise usage.UsageError("--workers above 1 needs --backend=fs or s3: memory is not shared")
             for description in self["listen"]:
                 if not isReusableTCP(reactor, description):
                     raise usage.UsageError(f"--workers above 1 needs tcp: endpoints, not {description!r}")
+
+    def _checkS3(self) -> None:
+        """
+        Refuse s3 options that cannot work, then try the bucket: a wrong
+        endpoint, bucket or credentials stops the start with one line.
+        """
+        from urllib.parse import urlsplit
+
+        if not self["s3-bucket"]:
+            raise usage.UsageError("--backend=s3 needs --s3-bucket")
+        endpoint = self["s3-endpoint"]
+        if endpoint and (urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).netloc):
+            raise usage.UsageError(f"--s3-endpoint must be an http:// or https:// URL, not {endpoint!r}")
+        for key in ("s3-credentials", "s3-ca-file"):
+            if self[key] and not os.access(self[key], os.R_OK):
+                raise usage.UsageError(f"--{key} {self[key]}: cannot read the file")
+        if not 5 <= self["s3-part-size"] <= 64:
+            raise usage.UsageError("--s3-part-size must be from 5 to 64 (MiB)")
+        try:
+            s3Config(self).check()
+        except ValueError as e:
+            raise usage.UsageError(f"--backend=s3: {e}") from None
+
+
+def s3Config(options: Options | dict[str, Any]) -> Any:
+    """
+    The L{ociklein.storage.s3.S3Config} the s3 options describe.
+    """
+    from ociklein.storage.s3 import S3Config
+
+    return S3Config(
+        options["s3-bucket"],
+        endpoint=options["s3-endpoint"] or None,
+        region=options["s3-region"] or None,
+        prefix=options["s3-prefix"],
+        credentialsFile=options["s3-credentials"] or None,
+        caFile=options["s3-ca-file"] or None,
+    )
 
 
 def _maxConnections(value: Any) -> int | None:
@@ -320,6 +389,25 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         registry = Registry(manifests, blobs, **_registryOptions(options), **guard)
         onStop = blobs.close
         log.info("ociklein backend: fs, root: {root}", root=root)
+    elif backend == "s3":
+        from ociklein.storage.s3 import S3BlobStore, S3Client, S3ManifestBackend
+
+        client = S3Client(s3Config(options), reactor=reactor)
+        s3Blobs = S3BlobStore(
+            client, uploadTTL=options["upload-ttl"], partSize=options["s3-part-size"] * 1024 * 1024
+        )
+        registry = Registry(S3ManifestBackend(client), s3Blobs, **_registryOptions(options), **guard)
+
+        def onStop() -> None:
+            s3Blobs.close()
+            client.close()
+
+        log.info(
+            "ociklein backend: s3, bucket: {bucket}, prefix: {prefix!r}, endpoint: {endpoint}",
+            bucket=options["s3-bucket"],
+            prefix=options["s3-prefix"],
+            endpoint=options["s3-endpoint"] or "AWS",
+        )
     else:
         registry = Registry(**_registryOptions(options), **guard)
         log.warn("ociklein backend: memory; every image is lost when the process exits")
@@ -340,8 +428,9 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     service.setServiceParent(top)
     if extraWorkers > 0:
         args = [
-            "--backend=fs",
+            f"--backend={backend}",
             f"--root={os.path.abspath(options['root'])}",
+            *(f"--{key}={options[key]}" for key in _S3_KEYS if backend == "s3"),
             f"--max-manifest-bytes={options['max-manifest-bytes']}",
             f"--upload-ttl={options['upload-ttl']}",
             f"--access-log={'yes' if accessLog else 'no'}",

@@ -44,6 +44,13 @@ EXPECTED_DEFAULTS = {
     "listen": ["tcp:5000"],
     "backend": "memory",
     "root": "./ociregistry-data",
+    "s3-endpoint": "",
+    "s3-bucket": "",
+    "s3-region": "",
+    "s3-prefix": "",
+    "s3-credentials": "",
+    "s3-ca-file": "",
+    "s3-part-size": 8,
     "max-manifest-bytes": 4194304,
     "upload-ttl": 86400.0,
     "access-log": True,
@@ -99,7 +106,7 @@ def test_config_file(tmp_path: Path) -> None:
         "max-connections = 500\nheader-timeout = 5\nidle-timeout = 7\n",
     )
     for args in (("--config", path), ("-c", path), (f"--config={path}",)):
-        assert values(parse(*args)) == {
+        assert values(parse(*args)) == EXPECTED_DEFAULTS | {
             "listen": ["tcp:6001", "tcp:6002:interface=127.0.0.1"],
             "backend": "fs",
             "root": "/srv/oci",
@@ -122,7 +129,7 @@ def test_precedence(tmp_path: Path) -> None:
         tmp_path, f"[{SECTION}]\nbackend = fs\nmax-manifest-bytes = 1000\nlisten = tcp:6001 tcp:6002\n"
     )
     options = parse("--max-manifest-bytes", "2000", "--listen", "tcp:7000", "--config", path)
-    assert values(options) == {
+    assert values(options) == EXPECTED_DEFAULTS | {
         "listen": ["tcp:7000"],
         "backend": "fs",
         "root": "./ociregistry-data",
@@ -154,8 +161,13 @@ _BAD: list[tuple[list[str], str | None, str]] = [
     ([], "backend = fs\n", "bad config file"),
     ([], f"[{SECTION}]\nbackend = fs\nbackend = memory\n", "bad config file"),
     (["--config", "/nonexistent/oci.cfg"], None, "cannot read config file /nonexistent/oci.cfg"),
-    (["--backend=bogus"], None, "--backend must be memory or fs, not 'bogus'"),
-    ([], f"[{SECTION}]\nbackend = s3\n", "--backend must be memory or fs, not 's3'"),
+    (["--backend=bogus"], None, "--backend must be memory, fs or s3, not 'bogus'"),
+    ([], f"[{SECTION}]\nbackend = s3\n", "--backend=s3 needs --s3-bucket"),
+    (["--backend=s3", "--s3-bucket=b", "--s3-endpoint=host:9000"], None, "--s3-endpoint must be an http"),
+    (["--backend=s3", "--s3-bucket=b", "--s3-part-size=4"], None, "--s3-part-size must be from 5 to 64"),
+    (["--backend=s3", "--s3-bucket=b", "--s3-part-size=many"], None, "--s3-part-size must be a number"),
+    (["--backend=s3", "--s3-bucket=b", "--s3-credentials=/nowhere"], None, "--s3-credentials /nowhere"),
+    (["--backend=s3", "--s3-bucket=b", "--s3-ca-file=/nowhere"], None, "--s3-ca-file /nowhere: cannot"),
     (["--max-manifest-bytes=abc"], None, "--max-manifest-bytes must be a number, not 'abc'"),
     (["--max-manifest-bytes=1.5"], None, "--max-manifest-bytes must be a number"),
     (["--max-manifest-bytes=-5"], None, "--max-manifest-bytes must be positive"),
@@ -249,7 +261,7 @@ def test_twistd_help_lists_plugin() -> None:
 @pytest.mark.parametrize(
     ("argument", "message"),
     [
-        ("--backend=bogus", "--backend must be memory or fs, not 'bogus'"),
+        ("--backend=bogus", "--backend must be memory, fs or s3, not 'bogus'"),
         ("--listen=ssl:0:privateKey=/nonexistent/key.pem", "bad --listen 'ssl:0:privateKey="),
     ],
 )

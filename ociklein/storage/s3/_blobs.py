@@ -292,4 +292,3 @@ class S3BlobStore:
             _log.failure("Expiring upload sessions failed", failure)
 
         return self.expireUploads().addCallbacks(lambda _: None, logged)
-
