@@ -242,6 +242,21 @@ class S3Backends:
         self.client.close()
 
 
+def s3Arguments(server: SeaweedFS, prefix: str | None = None) -> list[str]:
+    """
+    The C{twistd ociregistry} options of the s3 backend on C{server}, on a
+    fresh key prefix unless one is given (nodes sharing data share one).
+    """
+    return [
+        "--backend=s3",
+        f"--s3-endpoint={server.endpoint}",
+        f"--s3-bucket={BUCKET}",
+        f"--s3-region={REGION}",
+        f"--s3-prefix={uniquePrefix() if prefix is None else prefix}",
+        f"--s3-credentials={server.credentialsFile()}",
+    ]
+
+
 def uniquePrefix() -> str:
     """
     A key prefix no other test uses, so tests share the bucket but not data.

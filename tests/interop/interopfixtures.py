@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 from interophelpers import RunningRegistry, startRegistry, stopRegistry
+from seaweedfixture import s3Arguments
 
-BACKENDS = ["memory", "fs"]
+BACKENDS = ["memory", "fs", "s3"]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -26,6 +27,11 @@ def interop(
     A real registry process of the given backend, shared by all interop
     tests; each test works in repositories of its own.
     """
-    running = startRegistry(request.param, tmp_path_factory.mktemp(f"interop-{request.param}"))
+    backendArgs = None
+    if request.param == "s3":
+        backendArgs = s3Arguments(request.getfixturevalue("seaweedfs"))
+    running = startRegistry(
+        request.param, tmp_path_factory.mktemp(f"interop-{request.param}"), backendArgs=backendArgs
+    )
     yield running
     stopRegistry(running)

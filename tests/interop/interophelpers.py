@@ -19,12 +19,17 @@ from twistdprocess import TwistdRegistry as RunningRegistry
 COMMAND_TIMEOUT = 60
 
 
-def startRegistry(backend: str, directory: Path, tls: tuple[Path, Path] | None = None) -> RunningRegistry:
+def startRegistry(
+    backend: str, directory: Path, tls: tuple[Path, Path] | None = None, backendArgs: list[str] | None = None
+) -> RunningRegistry:
     """
     Start C{twistd ociregistry} with C{backend} (data and log in
-    C{directory}), on plain HTTP or, given (key, certificate), on TLS.
+    C{directory}, or C{backendArgs} saying where the data is), on plain
+    HTTP or, given (key, certificate), on TLS.
     """
     args = ["--backend=fs", "--root", str(directory / "root")] if backend == "fs" else []
+    if backendArgs is not None:
+        args = [f"--backend={backend}", *backendArgs]
     running = RunningRegistry(args, directory / "twistd.log", tls)
     return running.start()
 

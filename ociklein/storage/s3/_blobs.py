@@ -247,15 +247,19 @@ class S3BlobStore:
         if self._sessions.get(upload.uploadId) is upload:
             del self._sessions[upload.uploadId]
 
-    def _removeSession(self, uploadId: str) -> None:
+    def _removeSession(self, uploadId: str) -> bool:
         """
         Delete every object of a session, C{info} last: a failure half way
-        leaves a session that expiry still finds.  (Blocking.)
+        leaves a session that expiry still finds.  L{False} if none was
+        left (some stores list an emptied "directory" for a while).
+        (Blocking.)
         """
         info = self._keys.uploadInfo(uploadId)
         keys = [e["Key"] for e in self._client.listObjects(self._keys.upload(uploadId))]
         self._client.deleteMany([k for k in keys if k != info])
-        self._client.delete(info)
+        if info in keys:
+            self._client.delete(info)
+        return bool(keys)
 
     # -- expiry -------------------------------------------------------------
 
@@ -274,8 +278,7 @@ class S3BlobStore:
                 continue
             found = client.get(self._keys.uploadInfo(uploadId))
             info = None if found is None else SessionInfo.decode(found[0])
-            if info is None or now >= info.started + self._ttl:
-                self._removeSession(uploadId)
+            if (info is None or now >= info.started + self._ttl) and self._removeSession(uploadId):
                 removed.append(uploadId)
         # A node killed while assembling a blob leaves its multipart upload.
         paginator = client.s3.get_paginator("list_multipart_uploads")

@@ -212,8 +212,11 @@ class S3Client:
             if isMissing(e):
                 return None
             raise
-        with response["Body"] as body:
+        body = response["Body"]
+        try:
             return body.read(), response
+        finally:
+            body.close()
 
     def head(self, key: str) -> dict[str, Any] | None:
         try:

@@ -229,10 +229,12 @@ class S3Upload:
         hashed = hashlib.new(algorithm)
         s3, bucket = self._client.s3, self._client.bucket
         for number in range(1, self._parts + 1):
-            response = s3.get_object(Bucket=bucket, Key=self._keys.uploadPart(self.uploadId, number))
-            with response["Body"] as body:
+            body = s3.get_object(Bucket=bucket, Key=self._keys.uploadPart(self.uploadId, number))["Body"]
+            try:
                 for chunk in body.iter_chunks(_HASH_READ):
                     hashed.update(chunk)
+            finally:
+                body.close()
         hashed.update(self._buffer)
         return hashed
 

@@ -1,0 +1,290 @@
+"""
+What only the s3 backend has: sessions continued by another node, parts
+assembled server-side, expiry in the bucket, a store that is down, and the
+start-up check of the bucket.  The shared contract and HTTP suites run on
+s3 too; these tests pin the rest, on the session's SeaweedFS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from conftest import StubClient
+from helpers import digestOf, errorCode
+from seaweedfixture import BUCKET, REGION, S3Backends, SeaweedFS, s3Arguments, uniquePrefix
+from twistdprocess import freePort
+from twisted.internet.task import Clock
+from twisted.python.usage import UsageError
+
+from ociklein import Registry
+from ociklein.storage.s3 import S3Client, S3Config, S3ManifestBackend
+from ociklein.storage.s3._blobs import S3BlobStore
+from ociklein.tap import Options
+
+MIB = 1024 * 1024
+PART = 5 * MIB
+
+
+@pytest.fixture
+def twoNodes(seaweedfs: SeaweedFS) -> Iterator[tuple[S3Backends, S3Backends]]:
+    """
+    Two nodes (each its own client, pool and memory) on one key prefix.
+    """
+    prefix = uniquePrefix()
+    nodes = (S3Backends(seaweedfs, prefix, partSize=PART), S3Backends(seaweedfs, prefix, partSize=PART))
+    yield nodes
+    for node in nodes:
+        node.close()
+
+
+class _PartReads:
+    """
+    Counts the GETs of session parts a client makes.
+    """
+
+    def __init__(self, client: S3Client) -> None:
+        self.count = 0
+        client.s3.meta.events.register("before-call.s3.GetObject", self._seen)
+
+    def _seen(self, params: dict[str, Any], **kwargs: Any) -> None:
+        if "/part-" in params.get("url_path", ""):
+            self.count += 1
+
+
+async def _readBlob(blobs: Any, digest: str) -> bytes:
+    reader = await blobs.open(digest)
+    assert reader is not None
+    try:
+        chunks, offset = [], 0
+        while offset < reader.size:
+            chunk = await reader.read(offset, MIB)
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+    finally:
+        reader.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessionAlternatingNodes(twoNodes: tuple[S3Backends, S3Backends]) -> None:
+    """A session alternating between two nodes commits to the right blob, its parts read back once."""
+    a, b = twoNodes
+    data = os.urandom(3 * PART + 12345)
+    chunk = 2 * MIB + 7  # not a divisor of the part size: parts fill across chunks
+    upload = await a.blobs.startUpload("repo")
+    nodes = [a, b]
+    for i, start in enumerate(range(0, len(data), chunk)):
+        session = await nodes[i % 2].blobs.getUpload(upload.uploadId)
+        assert session is not None and session.size == start
+        await session.write(data[start : start + chunk])
+        await session.flush()
+    reads = _PartReads(a.client)
+    last = await a.blobs.getUpload(upload.uploadId)
+    assert last is not None and last.size == len(data)
+    digest = digestOf(data)
+    assert await last.digest("sha256") == digest.partition(":")[2]
+    await last.commit(digest)
+    assert reads.count == 3  # each full part once, for the hash; none for the commit
+    assert await _readBlob(b.blobs, digest) == data
+    assert await b.blobs.getUpload(upload.uploadId) is None
+    assert a.client.listObjects(a.client.keys.uploads) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessionOnOneNodeIsNotReadBack(twoNodes: tuple[S3Backends, S3Backends]) -> None:
+    """A session written through one node is hashed as it arrives and never read back to commit."""
+    a, _ = twoNodes
+    data = os.urandom(2 * PART + 99)
+    reads = _PartReads(a.client)
+    upload = await a.blobs.startUpload("repo")
+    for start in range(0, len(data), MIB):
+        await upload.write(data[start : start + MIB])
+        await upload.flush()
+    found = await a.blobs.getUpload(upload.uploadId)
+    assert found is upload
+    digest = digestOf(data)
+    assert await upload.digest("sha256") == digest.partition(":")[2]
+    await upload.commit(digest)
+    assert reads.count == 0
+    assert await _readBlob(a.blobs, digest) == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_monolithicSmallBlobStoresNoSession(twoNodes: tuple[S3Backends, S3Backends]) -> None:
+    """A monolithic upload smaller than a part puts the blob alone: no session objects at any time."""
+    a, _ = twoNodes
+    upload = await a.blobs.startUpload("repo", resumable=False)
+    await upload.write(b"small")
+    assert a.client.listObjects(a.client.keys.uploads) == []
+    await upload.commit(digestOf(b"small"))
+    assert a.client.listObjects(a.client.keys.uploads) == []
+    assert await a.blobs.stat(digestOf(b"small")) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_rangesOfAMultipartBlob(twoNodes: tuple[S3Backends, S3Backends]) -> None:
+    """Reads at any offset of a blob assembled from parts return the right bytes, jumps included."""
+    a, b = twoNodes
+    data = os.urandom(PART + 3 * MIB)
+    upload = await a.blobs.startUpload("repo", resumable=False)
+    await upload.write(data)
+    await upload.commit(digestOf(data))
+    reader = await b.blobs.open(digestOf(data))
+    assert reader is not None and reader.size == len(data)
+    for offset, length in [(PART - 10, 20), (0, 5), (len(data) - 3, 10), (PART - 10 + 20, 100)]:
+        assert await reader.read(offset, length) == data[offset : offset + length]
+    reader.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiry(seaweedfs: SeaweedFS) -> None:
+    """Expired sessions, orphaned parts and abandoned multipart uploads go at expiry; live ones stay."""
+    clock = Clock()
+    clock.advance(time.time())
+    node = S3Backends(seaweedfs, partSize=PART, clock=clock, uploadTTL=100.0)
+    client, keys = node.client, node.client.keys
+    try:
+        old = await node.blobs.startUpload("repo")
+        await old.write(os.urandom(PART + 1))
+        await old.flush()
+        monolithic = await node.blobs.startUpload("repo", resumable=False)
+        await monolithic.write(os.urandom(PART))  # a part in the bucket, as if its node died now
+        blobKey = keys.blob(digestOf(b"never finished"))
+        client.s3.create_multipart_upload(Bucket=BUCKET, Key=blobKey)
+        client.put(keys.upload("x" * 24) + "part-00001", b"left by a killed delete")  # no info
+        clock.advance(60)
+        young = await node.blobs.startUpload("repo")
+        assert sorted(await node.blobs.expireUploads()) == ["x" * 24]
+        clock.advance(50)
+        assert sorted(await node.blobs.expireUploads()) == sorted([old.uploadId, monolithic.uploadId])
+        assert await node.blobs.getUpload(old.uploadId) is None
+        assert await node.blobs.getUpload(young.uploadId) is not None
+        left = {e["Key"] for e in client.listObjects(keys.uploads)}
+        assert left == {keys.uploadInfo(young.uploadId)}
+        # Multipart uploads are aborted by their real start time.
+        clock.advance(time.time() + 200 - clock.seconds())
+        await node.blobs.expireUploads()
+        pending = client.s3.list_multipart_uploads(Bucket=BUCKET, Prefix=keys.blobs).get("Uploads", [])
+        assert pending == []
+        assert await node.blobs.getUpload(young.uploadId) is None
+    finally:
+        node.close()
+
+
+def _deadClient() -> S3Client:
+    config = S3Config(BUCKET, endpoint=f"http://127.0.0.1:{freePort()}", region=REGION, prefix="x/")
+    return S3Client(config)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachableStoreIs503() -> None:
+    """A store nobody answers at gives 503 with Retry-After and a JSON error, never a 500."""
+    client = _deadClient()
+    try:
+        stub = StubClient(Registry(S3ManifestBackend(client), S3BlobStore(client)))
+        for method, path in [
+            ("GET", "/v2/repo/tags/list"),
+            ("GET", "/v2/repo/manifests/latest"),
+            ("HEAD", f"/v2/repo/blobs/{digestOf(b'x')}"),
+            ("POST", "/v2/repo/blobs/uploads/"),
+            ("GET", "/v2/_catalog"),
+        ]:
+            response = await stub.request(method, path)
+            assert response.code == 503, (method, path)
+            assert response.headers.getRawHeaders("Retry-After") == ["5"]
+            if method != "HEAD":
+                assert errorCode(response) == "UNAVAILABLE"
+                assert "unreachable" in json.loads(response.body)["errors"][0]["detail"]["reason"]
+    finally:
+        client.close()
+
+
+def _options(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_startupCheck(seaweedfs: SeaweedFS) -> None:
+    """A wrong endpoint, bucket or secret is a one-line usage error naming the cause; a right one passes."""
+    good = s3Arguments(seaweedfs)
+    _options(*good)
+    badSecret = seaweedfs.directory / "bad-credentials"
+    badSecret.write_text("[default]\naws_access_key_id = ociklein-test\naws_secret_access_key = wrong\n")
+    for args, message in [
+        ([*good, f"--s3-endpoint=http://127.0.0.1:{freePort()}"], "Could not connect"),
+        ([*good, "--s3-bucket=no-such-bucket"], "no such bucket"),
+        ([*good, f"--s3-credentials={badSecret}"], "access denied, check the credentials"),
+    ]:
+        with pytest.raises(UsageError) as raised:
+            _options(*args)
+        assert message in str(raised.value)
+        assert "\n" not in str(raised.value)
+
+
+def test_twistdRefusesMissingBucket(seaweedfs: SeaweedFS, tmp_path: Any) -> None:
+    """twistd ociregistry with a bucket that does not exist exits non-zero with one line, no traceback."""
+    from test_tap import TWISTD
+
+    args = [*s3Arguments(seaweedfs), "--s3-bucket=absent", "--listen=tcp:0:interface=127.0.0.1"]
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "ociregistry", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    assert output.strip().splitlines()[-1].endswith("no such bucket"), output
+
+
+def test_sessionInfoDamaged() -> None:
+    """A damaged or inconsistent session info is treated as no session, never trusted."""
+    from ociklein.storage.s3._uploads import SessionInfo
+
+    good = SessionInfo("repo", 1.0, PART, True, 1, PART + 3, "k")
+    assert SessionInfo.decode(good.encode()) is not None
+    for bad in [
+        b"not json",
+        b"[]",
+        json.dumps({**vars(good), "parts": 2}).encode(),  # more parts than bytes
+        json.dumps({**vars(good), "partSize": 0}).encode(),
+        json.dumps({**vars(good), "extra": 1}).encode(),
+    ]:
+        assert SessionInfo.decode(bad) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_tagsOnFoundWithoutMD5ETags(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting a manifest finds its tags by reading them when the store's ETags are not MD5s."""
+    node = S3Backends(seaweedfs)
+    try:
+        m = node.manifests
+        one, two = digestOf(b"one"), digestOf(b"two")
+        await m.putManifest("repo", one, "application/json", b"one", None, {})
+        await m.setTag("repo", "a", one)
+        await m.setTag("repo", "b", two)
+        listed = node.client.listObjects
+
+        def opaque(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            return [
+                e | {"ETag": '"' + hashlib.sha256(e["Key"].encode()).hexdigest() + '-1"'}
+                for e in listed(*args, **kwargs)
+            ]
+
+        monkeypatch.setattr(node.client, "listObjects", opaque)
+        assert await m.deleteManifest("repo", one) is True
+        assert await m.resolveTag("repo", "a") is None
+        assert await m.resolveTag("repo", "b") == two
+    finally:
+        node.close()
