@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.task import Clock
 from seaweedfixture import S3Backends
+from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from ociklein.interfaces import (
@@ -71,7 +71,7 @@ def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend
         store.close()
 
 
-@pytest.fixture(params=["memory", "fs"])
+@pytest.fixture(params=["memory", "fs", "s3"])
 def expiring(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[IBlobStore, Clock]]:
     """
     A blob store whose upload sessions live 100 s on a fake clock.
@@ -79,6 +79,13 @@ def expiring(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[I
     clock = Clock()
     if request.param == "memory":
         yield MemoryBlobStore(clock=clock, uploadTTL=100), clock
+        return
+    if request.param == "s3":
+        s3 = S3Backends(request.getfixturevalue("seaweedfs"), clock=clock, uploadTTL=100)
+        try:
+            yield s3.blobs, clock
+        finally:
+            s3.close()
         return
     store = FilesystemBlobStore(str(tmp_path / "root"), clock=clock, uploadTTL=100)
     try:

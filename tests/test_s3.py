@@ -288,3 +288,23 @@ async def test_tagsOnFoundWithoutMD5ETags(seaweedfs: SeaweedFS, monkeypatch: pyt
         assert await m.resolveTag("repo", "b") == two
     finally:
         node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_touchDuringCollectionReportsMissing(seaweedfs: SeaweedFS) -> None:
+    """A use recorded while a collector holds the fence of a blob is reported missing, not counted on."""
+    node = S3Backends(seaweedfs)
+    try:
+        upload = await node.blobs.startUpload("repo", resumable=False)
+        await upload.write(b"collected?")
+        digest = digestOf(b"collected?")
+        await upload.commit(digest)
+        await node.blobs.link("repo", digest)
+        assert await node.blobs.touch("repo", [digest]) == []
+        blobKey = node.client.keys.blob(digest)
+        node.client.put(node.blobs._uses.fenceKey(blobKey), b"")
+        assert await node.blobs.touch("repo", [digest]) == [digest]
+        node.client.delete(node.blobs._uses.fenceKey(blobKey))
+        assert await node.blobs.touch("repo", [digest]) == []
+    finally:
+        node.close()

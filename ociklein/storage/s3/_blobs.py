@@ -1,9 +1,9 @@
 """
-Blobs, links and upload sessions in a bucket.
+Blobs, links and upload sessions in a bucket, and their maintenance.
 
-A blob is one object named by its digest.  Its size is the one thing this
-node caches (content-addressed, so it never changes); links, sessions and
-listings are asked of the bucket every time.
+A blob is one object named by its digest.  Nothing about blobs, links or
+listings is cached: a collector on another node may remove a blob, and
+every node must then answer it as unknown.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -19,18 +20,18 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ociklein.interfaces import IBlobReader, IBlobStore, IUpload
+from ociklein.interfaces import IBlobMaintenance, IBlobReader, IBlobStore, IUpload, StoredItem
 from ociklein.storage._checks import checkRepository
 from ociklein.storage.s3._client import S3Client
-from ociklein.storage.s3._keys import UPLOAD_ID
+from ociklein.storage.s3._keys import UPLOAD_ID, decodeName, encodeName
 from ociklein.storage.s3._uploads import S3Upload, SessionInfo
+from ociklein.storage.s3._uses import Uses, digestFromKey
 
 _log = Logger()
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last
 MAX_PART_SIZE = 64 * 1024 * 1024
-_SIZES = 65536
 _SESSIONS = 16
 
 
@@ -98,7 +99,7 @@ class _S3Reader:
             self._drop()
 
 
-@implementer(IBlobStore)
+@implementer(IBlobStore, IBlobMaintenance)
 class S3BlobStore:
     """
     Blobs under C{blobs/}, links under C{repositories/}, upload sessions
@@ -120,7 +121,7 @@ class S3BlobStore:
         self._clock = clock if clock is not None else cast(IReactorTime, client.reactor)
         self._ttl = uploadTTL
         self._partSize = partSize
-        self._sizes: OrderedDict[str, int] = OrderedDict()
+        self._uses = Uses(client)
         # Sessions this node wrote last, with their tail and running hash;
         # bounded, since each holds up to a part in memory.
         self._sessions: OrderedDict[str, S3Upload] = OrderedDict()
@@ -138,23 +139,11 @@ class S3BlobStore:
 
     # -- blobs --------------------------------------------------------------
 
-    def _known(self, digest: str, size: int) -> None:
-        self._sizes[digest] = size
-        self._sizes.move_to_end(digest)
-        if len(self._sizes) > _SIZES:
-            self._sizes.popitem(last=False)
-
     def stat(self, digest: str) -> Deferred[int | None]:
         key = self._keys.blob(digest)
-        size = self._sizes.get(digest)
-        if size is not None:
-            return succeed(size)
 
         def found(head: dict[str, Any] | None) -> int | None:
-            if head is None:
-                return None
-            self._known(digest, int(head["ContentLength"]))
-            return int(head["ContentLength"])
+            return None if head is None else int(head["ContentLength"])
 
         return self._client.run(self._client.head, key).addCallback(found)
 
@@ -167,7 +156,19 @@ class S3BlobStore:
         return self.stat(digest).addCallback(opened)
 
     def link(self, repository: str, digest: str) -> Deferred[None]:
-        return self._client.run(self._client.put, self._keys.link(repository, digest), b"")
+        """
+        Write the link (again: that records a use of it), enter the
+        repository among those with links, record a use of the blob.
+        """
+        client, keys = self._client, self._keys
+        writes: list[Deferred[Any]] = [
+            client.run(client.put, keys.link(repository, digest), b""),
+            client.run(client.put, keys.linkedEntry(repository), b""),
+            client.run(self._uses.recordUse, keys.blob(digest)),
+        ]
+        return gatherResults(writes, consumeErrors=True).addCallbacks(
+            lambda _: None, lambda f: f.value.subFailure
+        )
 
     def unlink(self, repository: str, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._unlink(repository, digest))
@@ -260,6 +261,60 @@ class S3BlobStore:
         if info in keys:
             self._client.delete(info)
         return bool(keys)
+
+    # -- maintenance --------------------------------------------------------
+
+    def now(self) -> Deferred[float]:
+        return self._client.run(self._uses.now)
+
+    def listBlobs(self, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        start = None if last is None else self._keys.blob(last)
+        return self._client.run(self._uses.listWithUses, self._keys.blobs, start, limit, digestFromKey)
+
+    def listLinkedRepositories(self, last: str | None, limit: int) -> Deferred[list[str]]:
+        return self._client.run(self._listLinked, last, limit)
+
+    def _listLinked(self, last: str | None, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        prefix = self._keys.linked
+        entries = self._client.listObjects(prefix, None if last is None else prefix + encodeName(last), limit)
+        names = [decodeName(e["Key"][len(prefix) :]) for e in entries]
+        return [name for name in names if name is not None]
+
+    def listLinks(self, repository: str, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        prefix = self._keys.links(repository)
+        start = None if last is None else self._keys.link(repository, last)
+        return self._client.run(self._uses.listWithUses, prefix, start, limit, digestFromKey)
+
+    def touch(self, repository: str, digests: Sequence[str]) -> Deferred[list[str]]:
+        keys = self._keys
+        pairs = [(d, keys.link(repository, d), keys.blob(d)) for d in digests]
+
+        def touched(results: list[bool]) -> list[str]:
+            return [
+                d for (d, _, _), a, b in zip(pairs, results[::2], results[1::2], strict=True) if not (a and b)
+            ]
+
+        calls: list[Deferred[Any]] = []
+        for _, link, blob in pairs:
+            calls += [self._client.run(self._uses.touch, link), self._client.run(self._uses.touch, blob)]
+        return gatherResults(calls, consumeErrors=True).addCallbacks(touched, lambda f: f.value.subFailure)
+
+    def deleteLink(self, repository: str, digest: str, before: float) -> Deferred[bool]:
+        key = self._keys.link(repository, digest)
+        return self._client.run(self._uses.fencedDelete, key, before, lambda head: [])
+
+    def deleteBlob(self, digest: str, before: float) -> Deferred[bool]:
+        key = self._keys.blob(digest)
+        return self._client.run(self._uses.fencedDelete, key, before, lambda head: [])
+
+    def quarantineBlob(self, digest: str) -> Deferred[bool]:
+        key = self._keys.blob(digest)
+        return self._client.run(self._uses.quarantine, key, self._clock.seconds())
+
+    def storedBytes(self) -> Deferred[int]:
+        return self._client.run(self._uses.storedBytes)
 
     # -- expiry -------------------------------------------------------------
 

@@ -58,6 +58,7 @@ class Keys:
     def __init__(self, prefix: str = "") -> None:
         self.prefix = normalizePrefix(prefix)
         self.catalog = self.prefix + "catalog/"
+        self.linked = self.prefix + "linked/"
         self.uploads = self.prefix + "uploads/"
         self.blobs = self.prefix + "blobs/"
 
@@ -72,10 +73,13 @@ class Keys:
         return f"{self.prefix}repositories/{checkRepository(repository)}/"
 
     def link(self, repository: str, digest: str) -> str:
-        return self.repository(repository) + "_links/" + _digestPart(digest)
+        return self.links(repository) + _digestPart(digest)
+
+    def manifests(self, repository: str) -> str:
+        return self.repository(repository) + "_manifests/"
 
     def manifest(self, repository: str, digest: str) -> str:
-        return self.repository(repository) + "_manifests/" + _digestPart(digest)
+        return self.manifests(repository) + _digestPart(digest)
 
     def tags(self, repository: str) -> str:
         return self.repository(repository) + "_tags/"
@@ -92,6 +96,15 @@ class Keys:
 
     def catalogEntry(self, repository: str) -> str:
         return self.catalog + encodeName(checkRepository(repository))
+
+    def links(self, repository: str) -> str:
+        return self.repository(repository) + "_links/"
+
+    def linkedEntry(self, repository: str) -> str:
+        """
+        The entry of a repository that has (or had) links, for maintenance.
+        """
+        return self.linked + encodeName(checkRepository(repository))
 
     def upload(self, uploadId: str) -> str:
         """

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from zope.interface import implementer
 
-from ociklein.interfaces import IManifestBackend
+from ociklein.interfaces import IManifestBackend, IManifestMaintenance, StoredItem
 from ociklein.names import isSupportedDigest, isTag
 from ociklein.storage._checks import checkDigest, checkRepository
 from ociklein.storage.s3._client import S3Client
 from ociklein.storage.s3._keys import decodeName, encodeName
+from ociklein.storage.s3._uses import Uses, digestFromKey
 
 # Object metadata (x-amz-meta-subject) of a manifest that has a subject.
 _SUBJECT = "subject"
@@ -43,7 +45,7 @@ def _plainETag(etag: str) -> str | None:
     return etag if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) else None
 
 
-@implementer(IManifestBackend)
+@implementer(IManifestBackend, IManifestMaintenance)
 class S3ManifestBackend:
     """
     Manifests (their media type as the object's Content-Type, their subject
@@ -54,6 +56,7 @@ class S3ManifestBackend:
     def __init__(self, client: S3Client) -> None:
         self._client = client
         self._keys = client.keys
+        self._uses = Uses(client)
 
     def _both(self, *calls: Deferred[Any]) -> Deferred[Any]:
         return gatherResults(list(calls), consumeErrors=True).addErrback(lambda f: f.value.subFailure)
@@ -215,3 +218,47 @@ class S3ManifestBackend:
             if got is not None:
                 found.append(json.loads(got[0]))
         return found
+
+    # -- maintenance --------------------------------------------------------
+
+    def now(self) -> Deferred[float]:
+        return self._client.run(self._uses.now)
+
+    def listManifests(self, repository: str, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
+        prefix = self._keys.manifests(repository)
+        start = None if last is None else self._keys.manifest(repository, last)
+        return self._client.run(self._uses.listWithUses, prefix, start, limit, digestFromKey)
+
+    def touchManifests(self, repository: str, digests: Sequence[str]) -> Deferred[list[str]]:
+        keys = [(d, self._keys.manifest(repository, d)) for d in digests]
+        calls: list[Deferred[Any]] = [self._client.run(self._uses.touch, key) for _, key in keys]
+
+        def missing(results: list[bool]) -> list[str]:
+            return [d for (d, _), found in zip(keys, results, strict=True) if not found]
+
+        return self._both(*calls).addCallback(missing) if calls else succeed([])
+
+    def _referrerOf(self, repository: str, digest: str) -> Any:
+        def related(head: dict[str, Any]) -> list[str]:
+            subject = head.get("Metadata", {}).get(_SUBJECT)
+            if subject is None or not isSupportedDigest(subject):
+                return []
+            return [self._keys.referrer(repository, subject, digest)]
+
+        return related
+
+    def deleteManifestBefore(self, repository: str, digest: str, before: float) -> Deferred[bool]:
+        key = self._keys.manifest(repository, digest)
+        related = self._referrerOf(repository, digest)
+        return self._client.run(self._uses.fencedDelete, key, before, related)
+
+    def quarantineManifest(self, repository: str, digest: str) -> Deferred[bool]:
+        return self._client.run(self._quarantine, repository, digest)
+
+    def _quarantine(self, repository: str, digest: str) -> bool:
+        key = self._keys.manifest(repository, digest)
+        head = self._client.head(key)
+        if head is None:
+            return False
+        self._client.deleteMany(self._referrerOf(repository, digest)(head))
+        return self._uses.quarantine(key, self._uses.now())

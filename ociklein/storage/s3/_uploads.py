@@ -244,20 +244,16 @@ class S3Upload:
         if refused is not None:
             return fail(refused)
         self._end()
-        size = self.size
-
-        def published(_: None) -> None:
-            self._store._known(digest, size)
-
-        return self._client.run(self._publish, digest).addCallback(published)
+        return self._client.run(self._publish, digest)
 
     def _publish(self, digest: str) -> None:
         """
-        Make the session the blob C{digest}, unless it is already stored,
-        then remove the session.
+        Make the session the blob C{digest}, unless it is already stored
+        (then the commit records a use of it), and remove the session.  A
+        blob a collector is removing is stored again.
         """
         client, key = self._client, self._keys.blob(digest)
-        if client.head(key) is None:
+        if client.head(key) is None or not self._store._uses.touch(key):
             if self._parts == 0:
                 client.put(key, bytes(self._buffer))
             else:
@@ -294,6 +290,12 @@ class S3Upload:
             except Exception:
                 pass  # expiry aborts it later
             raise
+
+    def close(self) -> None:
+        """
+        Nothing to release: a session holds no descriptor or lock, only its
+        tail and running hash in this node's memory, which the store bounds.
+        """
 
     def abort(self) -> Deferred[None]:
         if self._ended and not self._stored:
