@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """
-One command that benchmarks ociklein (memory backend, fs backend, and fs
-backend with two worker processes) against CNCF Distribution with the same
-clients, and prints one table.
+One command that benchmarks ociklein (memory backend, fs backend, fs
+backend with two worker processes, s3 backend on SeaweedFS) against CNCF
+Distribution (filesystem, and its s3 driver on the same SeaweedFS) with the
+same clients, and prints one table.
 
     python benchmarks/run.py                  # the full run (512 MiB blobs, 10 s wrk)
     python benchmarks/run.py --quick          # smaller sizes, under a minute
     python benchmarks/run.py --access-log no  # every server without its access log
+    python benchmarks/run.py --servers s3,distribution-s3   # object storage only
 
 Every server is a subprocess (with its worker processes, a process group) on
 a free 127.0.0.1 port, run one at a time, and killed with its whole group on
@@ -44,7 +46,9 @@ HOST = "127.0.0.1"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-SERVERS = ("memory", "fs", "fs2", "distribution")
+SERVERS = ("memory", "fs", "fs2", "distribution", "s3", "distribution-s3")
+# Servers that keep their data in the benchmark's SeaweedFS.
+ON_SEAWEEDFS = ("s3", "distribution-s3")
 
 # Every loop and wait below is bounded by one of these.
 START_TIMEOUT = 30.0
@@ -423,7 +427,62 @@ class Server:
 WORKERS = {"fs2": 2}
 
 
-def startServer(kind: str, workdir: Path, accessLog: bool) -> Server:
+class ObjectStore:
+    """
+    The SeaweedFS of the s3 servers (tests/seaweedfixture.py), started on
+    first use, one for the whole run; its CPU time counts as part of each
+    s3 server's cost.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self.server: Any = None
+
+    def get(self) -> Any:
+        if self.server is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from seaweedfixture import SeaweedFS
+
+            directory = self._workdir / "seaweedfs"
+            directory.mkdir()
+            with SIGNALS.held():  # stopped by stop(), in main's finally
+                self.server = SeaweedFS(directory)
+                self.server.start()
+        return self.server
+
+    def cpuSeconds(self) -> float:
+        """
+        User and system CPU seconds SeaweedFS has used so far.
+        """
+        if self.server is None or self.server.process is None:
+            return 0.0
+        fields = Path(f"/proc/{self.server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def distributionConfig(port: int, accessLog: bool, storage: str) -> str:
+    accessLogConfig = "" if accessLog else "  accesslog:\n    disabled: true\n"
+    return (
+        "version: 0.1\n"
+        "log:\n"
+        f"{accessLogConfig}"
+        "  level: warn\n"
+        "  formatter: text\n"
+        "storage:\n"
+        f"{storage}"
+        "  cache:\n"
+        "    blobdescriptor: inmemory\n"
+        "http:\n"
+        f"  addr: {HOST}:{port}\n"
+        "  secret: ociklein-benchmark\n"
+    )
+
+
+def startServer(kind: str, workdir: Path, accessLog: bool, store: ObjectStore | None = None) -> Server:
     """
     Start C{kind} and return once it answers, and (for several processes)
     once every one of them listens.  C{accessLog} false turns off each
@@ -433,25 +492,33 @@ def startServer(kind: str, workdir: Path, accessLog: bool) -> Server:
     log = workdir / f"{kind}.log"
     workers = WORKERS.get(kind, 1)
     root = workdir / f"{kind}-root"  # unused by the memory backend
-    if kind == "distribution":
-        root.mkdir()
-        config = workdir / "distribution.yml"
-        accessLogConfig = "" if accessLog else "  accesslog:\n    disabled: true\n"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n"
-            f"{accessLogConfig}"
-            "  level: warn\n"
-            "  formatter: text\n"
-            "storage:\n"
-            "  filesystem:\n"
-            f"    rootdirectory: {root}\n"
-            "  cache:\n"
-            "    blobdescriptor: inmemory\n"
-            "http:\n"
-            f"  addr: {HOST}:{port}\n"
-            "  secret: ociklein-benchmark\n"
-        )
+    env = None
+    if kind in ON_SEAWEEDFS:
+        assert store is not None
+        seaweed = store.get()
+    if kind in ("distribution", "distribution-s3"):
+        config = workdir / f"{kind}.yml"
+        if kind == "distribution":
+            root.mkdir()
+            storage = f"  filesystem:\n    rootdirectory: {root}\n"
+        else:
+            from seaweedfixture import ACCESS_KEY, BUCKET, REGION, SECRET_KEY
+
+            # regionendpoint makes Distribution address the bucket path-style.
+            storage = (
+                "  s3:\n"
+                f"    accesskey: {ACCESS_KEY}\n"
+                f"    secretkey: {SECRET_KEY}\n"
+                f"    region: {REGION}\n"
+                f"    regionendpoint: {seaweed.endpoint}\n"
+                f"    bucket: {BUCKET}\n"
+                f"    rootdirectory: /bench-{kind}-{os.urandom(4).hex()}\n"
+                "    secure: false\n"
+                "    v4auth: true\n"
+            )
+            # Distribution 2.8.2 panics at start when AWS_CA_BUNDLE is set.
+            env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        config.write_text(distributionConfig(port, accessLog, storage))
         argv = [shutil.which("docker-registry") or "/usr/bin/docker-registry", "serve", str(config)]
     else:
         argv = [
@@ -465,6 +532,10 @@ def startServer(kind: str, workdir: Path, accessLog: bool) -> Server:
         ]
         if kind in ("fs", "fs2"):
             argv += ["--backend=fs", "--root", str(root)]
+        if kind == "s3":
+            from seaweedfixture import s3Arguments
+
+            argv += s3Arguments(seaweed, f"bench-{os.urandom(4).hex()}/")
         if workers > 1:
             argv += [f"--workers={workers}"]
         if not accessLog:
@@ -473,9 +544,16 @@ def startServer(kind: str, workdir: Path, accessLog: bool) -> Server:
         # A session (and process group) of its own: Ctrl-C reaches only this
         # script, whose finally clause then stops the server's whole group.
         process = PROCESSES.start(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
-    server = Server(kind, process, port, log, workers, None if kind == "memory" else root)
+    server = Server(
+        kind, process, port, log, workers, root if kind in ("fs", "fs2", "distribution") else None
+    )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -967,13 +1045,20 @@ FIGURES: list[tuple[str, str, bool]] = [
     ("busy_mbps", "that push+pull, total (MB/s)", True),
     ("rss_start", "RSS at start (MB)", False),
     ("rss_peak", "peak RSS, blob runs (MB)", False),
+    ("store_cpu", "SeaweedFS CPU during the run (s)", False),
 ]
 
 
 def measure(
-    server: Server, data: Data, sizes: Sizes, headloadBinary: Path | None, only: set[str] | None
+    server: Server,
+    data: Data,
+    sizes: Sizes,
+    headloadBinary: Path | None,
+    only: set[str] | None,
+    store: ObjectStore | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"_load": [os.getloadavg()[0]], "_processes": len(server.processes())}
+    storeCpu = store.cpuSeconds() if store is not None else 0.0
     notes: list[str] = []
 
     def figure(key: str, compute: Callable[[], Any]) -> Any:
@@ -1035,6 +1120,8 @@ def measure(
             lambda: walkFigure(server, "/v2/_catalog", "repositories", sizes),
         )
     results["_load"].append(os.getloadavg()[0])
+    if store is not None:
+        results["store_cpu"] = store.cpuSeconds() - storeCpu
     results["_notes"] = notes
     return results
 
@@ -1069,8 +1156,15 @@ COLUMNS = {
     "fs": "ociklein-fs",
     "fs2": f"ociklein-fs{TIMES}2",
     "distribution": "distribution",
+    "s3": "ociklein-s3",
+    "distribution-s3": "distribution-s3",
 }
-RATIOS = {"fs": "fs/distribution", "fs2": f"fs{TIMES}2/distribution"}
+# Each ratio: its label and the server it is relative to.
+RATIOS = {
+    "fs": ("fs/distribution", "distribution"),
+    "fs2": (f"fs{TIMES}2/distribution", "distribution"),
+    "s3": ("s3/distribution-s3", "distribution-s3"),
+}
 
 
 def number(value: Any) -> float | None:
@@ -1079,16 +1173,16 @@ def number(value: Any) -> float | None:
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     columns = [c for c in SERVERS if c in results]
-    ratios = [c for c in RATIOS if c in results and "distribution" in results]
-    header = ["figure", *[COLUMNS[c] for c in columns], *[RATIOS[c] for c in ratios]]
+    ratios = [c for c in RATIOS if c in results and RATIOS[c][1] in results]
+    header = ["figure", *[COLUMNS[c] for c in columns], *[RATIOS[c][0] for c in ratios]]
     rows = [header, ["---"] * len(header)]
     for key, label, higherBetter in FIGURES:
         values = [results[c].get(key) for c in columns]
         if all(v is None for v in values):
             continue
         row = [label, *[formatValue(v) for v in values]]
-        dist = number(results["distribution"].get(key)) if ratios else None
         for c in ratios:
+            dist = number(results[RATIOS[c][1]].get(key))
             mine = number(results[c].get(key))
             ratio = "—"
             if mine is not None and dist:
@@ -1170,6 +1264,7 @@ def main(argv: list[str] | None = None) -> int:
     loadAtStart = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="ociklein-bench-"))
     results: dict[str, dict[str, Any]] = {}
+    store = ObjectStore(workdir)
     started = time.time()
     try:
         print(f"generating test blobs in {workdir} ...", file=sys.stderr)
@@ -1192,8 +1287,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"starting {kind} ...", file=sys.stderr)
             server = None
             try:
-                server = startServer(kind, workdir, accessLog)
-                results[kind] = measure(server, data, sizes, headloadBinary, only)
+                server = startServer(kind, workdir, accessLog, store)
+                onStore = store if kind in ON_SEAWEEDFS else None
+                results[kind] = measure(server, data, sizes, headloadBinary, only, onStore)
             except BenchError as e:
                 print(f"  {kind}: {e}", file=sys.stderr)
                 results[kind] = {"_load": [], "_notes": [str(e)]}
@@ -1213,6 +1309,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         PROCESSES.stopAll()
+        store.stop()
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:

@@ -7,6 +7,7 @@ acknowledged write, and a store that goes away gives 503 until it is back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -202,3 +203,64 @@ def test_storeStoppedAndBack(
     got = requests.get(f"{node.url}/v2/down/blobs/{_digest(b'before')}", timeout=60)
     assert got.status_code == 200 and got.content == b"before"
     assert _pushBlob(node.url, "down", b"after").status_code == 201
+
+
+def _memory(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+BIG = int(os.environ.get("OCIKLEIN_S3_RSS_BLOB_MIB", "64")) * MIB
+RSS_LIMIT = 150 * 1000 * 1000
+
+
+def _streamPush(node: TwistdRegistry, name: str, seed: bytes) -> str:
+    """
+    Push BIG bytes (C{seed} repeated) monolithically without holding them.
+    """
+    import http.client
+
+    digest = hashlib.sha256()
+    for _ in range(BIG // len(seed)):
+        digest.update(seed)
+    blob = "sha256:" + digest.hexdigest()
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=300)
+    conn.putrequest("POST", f"/v2/{name}/blobs/uploads/?digest={blob}")
+    conn.putheader("Content-Length", str(BIG))
+    conn.endheaders()
+    for _ in range(BIG // len(seed)):
+        conn.send(seed)
+    response = conn.getresponse()
+    assert response.status == 201, response.read()
+    conn.close()
+    return blob
+
+
+def _streamPull(node: TwistdRegistry, name: str, blob: str) -> None:
+    with requests.get(f"{node.url}/v2/{name}/blobs/{blob}", stream=True, timeout=300) as response:
+        assert response.status_code == 200
+        digest = hashlib.sha256()
+        for chunk in response.iter_content(MIB):
+            digest.update(chunk)
+    assert "sha256:" + digest.hexdigest() == blob
+
+
+def test_rssBoundedUnderFourClients(
+    seaweedfs: SeaweedFS, twistdRegistry: Callable[..., TwistdRegistry]
+) -> None:
+    """4 clients pushing then pulling big blobs at once keep the node's peak RSS under 150 MB."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    node = twistdRegistry(*s3Arguments(seaweedfs), "--access-log=no")
+    assert node.process is not None
+    with ThreadPoolExecutor(4) as pool:
+        pushes = [pool.submit(_streamPush, node, f"rss/{i}", os.urandom(MIB)) for i in range(4)]
+        blobs = [push.result(timeout=600) for push in pushes]
+        pulls = [pool.submit(_streamPull, node, f"rss/{i}", blob) for i, blob in enumerate(blobs)]
+        for pulled in pulls:
+            pulled.result(timeout=600)
+    peak = _memory(node.process.pid, "VmHWM")
+    assert peak < RSS_LIMIT, f"peak RSS {peak / 1e6:.0f} MB"

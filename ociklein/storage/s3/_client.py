@@ -156,6 +156,31 @@ def translate(e: Exception) -> Exception:
     return e
 
 
+_M_MMAP_THRESHOLD = -3
+
+
+def _returnLargeBuffersToTheSystem() -> None:
+    """
+    Have glibc map every allocation of 1 MiB or more on its own and unmap
+    it when freed.  By default glibc raises that threshold to the size of
+    the largest buffer freed (up to 32 MiB), after which 8 MiB part
+    buffers, filled in the pool's threads, are carved from per-thread
+    arenas that never shrink: measured, a node kept 60 MB more after four
+    concurrent 64 MiB pushes than with the fixed threshold.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 class S3Client:
     """
     One bucket (under a key prefix) and the thread pool its calls run in.
@@ -168,6 +193,7 @@ class S3Client:
         self.keys = Keys(config.prefix)
         self.reactor = resolveReactor(reactor)
         self.s3 = config.makeClient(threads + 2)
+        _returnLargeBuffersToTheSystem()
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociklein-s3")
         self._pool.start()
         self._trigger = self.reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
@@ -226,7 +252,7 @@ class S3Client:
                 return None
             raise
 
-    def put(self, key: str, body: bytes, **extra: Any) -> None:
+    def put(self, key: str, body: bytes | bytearray, **extra: Any) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
 
     def delete(self, key: str) -> None:

@@ -174,9 +174,11 @@ class S3Upload:
                 # first part, so that expiry finds the part if we crash.
                 self._client.put(self._keys.uploadInfo(self.uploadId), self._info.encode())
                 self._stored = True
-            part = bytes(memoryview(self._buffer)[: self._partSize])
+            # The buffer itself becomes the part (cut to size in place): one
+            # part in memory per session, not a copy beside it.
+            part, self._buffer = self._buffer, self._buffer[self._partSize :]
+            del part[self._partSize :]
             self._client.put(self._keys.uploadPart(self.uploadId, self._parts + 1), part)
-            del self._buffer[: self._partSize]
             self._parts += 1
 
     def flush(self) -> Deferred[None]:
@@ -195,7 +197,7 @@ class S3Upload:
         old = self._info.tail
         tail = self._keys.uploadTail(self.uploadId, self.size) if self._buffer else None
         if tail is not None:
-            self._client.put(tail, bytes(self._buffer))
+            self._client.put(tail, self._buffer)
         info = SessionInfo(
             self.repository, self._info.started, self._partSize, True, self._parts, self.size, tail
         )
@@ -255,7 +257,7 @@ class S3Upload:
         client, key = self._client, self._keys.blob(digest)
         if client.head(key) is None or not self._store._uses.touch(key):
             if self._parts == 0:
-                client.put(key, bytes(self._buffer))
+                client.put(key, self._buffer)
             else:
                 self._assemble(key)
         self._discard()
@@ -278,7 +280,7 @@ class S3Upload:
             if self._buffer:
                 number = self._parts + 1
                 sent = s3.upload_part(
-                    Bucket=bucket, Key=key, UploadId=multipart, PartNumber=number, Body=bytes(self._buffer)
+                    Bucket=bucket, Key=key, UploadId=multipart, PartNumber=number, Body=self._buffer
                 )
                 parts.append({"PartNumber": number, "ETag": sent["ETag"]})
             s3.complete_multipart_upload(
