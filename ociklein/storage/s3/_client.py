@@ -161,12 +161,13 @@ _M_MMAP_THRESHOLD = -3
 
 def _returnLargeBuffersToTheSystem() -> None:
     """
-    Have glibc map every allocation of 1 MiB or more on its own and unmap
-    it when freed.  By default glibc raises that threshold to the size of
-    the largest buffer freed (up to 32 MiB), after which 8 MiB part
-    buffers, filled in the pool's threads, are carved from per-thread
-    arenas that never shrink: measured, a node kept 60 MB more after four
-    concurrent 64 MiB pushes than with the fixed threshold.
+    Have glibc map every allocation of 64 KiB or more (part buffers, the
+    64 KiB chunks a socket read returns) on its own and unmap it when
+    freed.  By default glibc raises that threshold to the size of the
+    largest buffer freed (up to 32 MiB), after which 8 MiB part buffers,
+    filled in the pool's threads, are carved from per-thread arenas that
+    never shrink.  Measured after four concurrent 64 MiB pushes: RSS back
+    to 85 MB instead of 164, peak 142 MB instead of 177.
     """
     import ctypes
     import ctypes.util
@@ -176,7 +177,7 @@ def _returnLargeBuffersToTheSystem() -> None:
         return
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
 
