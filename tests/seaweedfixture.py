@@ -58,6 +58,17 @@ def _freePorts(count: int) -> list[int]:
             s.close()
 
 
+def _dieWithParent() -> None:
+    """
+    In the child before exec: be killed when the process that started us
+    dies, even by SIGKILL, so no weed outlives a killed test run.
+    """
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class SeaweedFS:
     """
     One C{weed server} with master, volume, filer and S3 gateway, its S3
@@ -161,7 +172,11 @@ class SeaweedFS:
     def _launch(self) -> None:
         with open(self.logPath, "ab") as log:
             self.process = subprocess.Popen(
-                self._command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self._command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_dieWithParent,
             )
 
     def _waitReady(self, timeout: float, createBucket: bool) -> None:

@@ -310,3 +310,17 @@ async def test_touchDuringCollectionReportsMissing(seaweedfs: SeaweedFS) -> None
         assert await node.blobs.touch("repo", [digest]) == []
     finally:
         node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrentTagWritesLastWins(twoNodes: tuple[S3Backends, S3Backends]) -> None:
+    """Two nodes moving one tag at once leave one whole digest, read alike by both."""
+    from twisted.internet.defer import gatherResults
+
+    a, b = twoNodes
+    digests = [digestOf(str(i).encode()) for i in range(20)]
+    await gatherResults([(a, b)[i % 2].manifests.setTag("repo", "latest", d) for i, d in enumerate(digests)])
+    final = await a.manifests.resolveTag("repo", "latest")
+    assert final in digests
+    assert await b.manifests.resolveTag("repo", "latest") == final
+    assert await b.manifests.listTags("repo", None, 10) == ["latest"]

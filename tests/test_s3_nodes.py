@@ -264,3 +264,17 @@ def test_rssBoundedUnderFourClients(
             pulled.result(timeout=600)
     peak = _memory(node.process.pid, "VmHWM")
     assert peak < RSS_LIMIT, f"peak RSS {peak / 1e6:.0f} MB"
+
+
+def test_workersOnS3(seaweedfs: SeaweedFS, twistdRegistry: Callable[..., TwistdRegistry]) -> None:
+    """--workers 2 with s3 hands the bucket options to the worker; what one process stores both serve."""
+    from test_workers import _request, _waitFor, _workersListening
+
+    server = twistdRegistry(*s3Arguments(seaweedfs), "--workers=2")
+    assert _waitFor(lambda: _workersListening(server, 2))
+    data = os.urandom(1000)
+    status, _, _ = _request(server.port, "POST", f"/v2/w/blobs/uploads/?digest={_digest(data)}", data)
+    assert status == 201
+    for _ in range(10):  # each on a new connection, so on either process
+        status, _, body = _request(server.port, "GET", f"/v2/w/blobs/{_digest(data)}")
+        assert status == 200 and body == data

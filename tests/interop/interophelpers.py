@@ -24,12 +24,12 @@ def startRegistry(
 ) -> RunningRegistry:
     """
     Start C{twistd ociregistry} with C{backend} (data and log in
-    C{directory}, or C{backendArgs} saying where the data is), on plain
-    HTTP or, given (key, certificate), on TLS.
+    C{directory}), or with C{backendArgs} (the backend and where its data
+    is), on plain HTTP or, given (key, certificate), on TLS.
     """
     args = ["--backend=fs", "--root", str(directory / "root")] if backend == "fs" else []
     if backendArgs is not None:
-        args = [f"--backend={backend}", *backendArgs]
+        args = list(backendArgs)
     running = RunningRegistry(args, directory / "twistd.log", tls)
     return running.start()
 
