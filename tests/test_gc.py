@@ -47,13 +47,31 @@ def storeOf(registry: Registry) -> tuple[Any, Any]:
     return registry.core.manifests, registry.core.blobs
 
 
+async def collectNow(registry: Registry, **options: Any) -> Any:
+    """
+    Collect with no grace once the storage clock has moved past every write
+    so far: an object store's clock ticks by whole seconds, and a write in
+    the cutoff's second counts as recent.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    clock = IBlobMaintenance(registry.core.blobs)
+    written = await clock.now()
+    for _ in range(100):
+        if await clock.now() > written:
+            break
+        await deferLater(reactor, 0.05, lambda: None)
+    return await collect(*storeOf(registry), grace=0, **options)
+
+
 @pytest_twisted.ensureDeferred
 async def test_deletedImageFreed(registry: Registry, stub: StubClient) -> None:
     """Deleting an image and collecting frees its own blobs and keeps the shared ones."""
     kept, _ = await pushImage(stub, "app", "v1", layers=(BASE, b"v1 only"))
     gone, _ = await pushImage(stub, "app", "v2", config=b'{"v": 2}', layers=(BASE, b"v2 only"))
     assert (await stub.request("DELETE", f"/v2/app/manifests/{gone}")).code == 202
-    report = await collect(*storeOf(registry), grace=0)
+    report = await collectNow(registry)
     removed = {(r.kind, r.digest) for r in report.removed}
     assert removed == {
         ("link", digestOf(b"v2 only")),
@@ -78,7 +96,7 @@ async def test_sharedAcrossRepositories(registry: Registry, stub: StubClient) ->
     await pushImage(stub, "one", "v1", layers=(BASE,))
     digest, _ = await pushImage(stub, "two", "v1", layers=(BASE,))
     await stub.request("DELETE", f"/v2/two/manifests/{digest}")
-    report = await collect(*storeOf(registry), grace=0)
+    report = await collectNow(registry)
     assert {(r.kind, r.repository) for r in report.removed} == {("link", "two")}
     assert await blobCode(stub, "one", digestOf(BASE)) == 200
     assert await blobCode(stub, "two", digestOf(BASE)) == 404
@@ -91,7 +109,7 @@ async def test_graceKeepsRecentWrites(registry: Registry, stub: StubClient) -> N
     report = await collect(*storeOf(registry), grace=3600)
     assert report.removed == []
     assert await blobCode(stub, "app", digestOf(b"uploaded, no manifest yet")) == 200
-    report = await collect(*storeOf(registry), grace=0)
+    report = await collectNow(registry)
     assert {r.kind for r in report.removed} == {"link", "blob"}
     assert await blobCode(stub, "app", digestOf(b"uploaded, no manifest yet")) == 404
 
@@ -101,7 +119,7 @@ async def test_dryRunRemovesNothing(registry: Registry, stub: StubClient) -> Non
     """A dry run reports what would go, and everything stays."""
     digest, _ = await pushImage(stub, "app", None, layers=(b"untagged",))
     await pushBlob(stub, "app", b"orphan")
-    report = await collect(*storeOf(registry), grace=0, untagged=True, dryRun=True)
+    report = await collectNow(registry, untagged=True, dryRun=True)
     assert {r.kind for r in report.removed} == {"manifest", "link", "blob"}
     assert report.freedBytes > len(b"orphan")
     assert report.storedAfter == report.storedBefore
@@ -114,8 +132,8 @@ async def test_untagged(registry: Registry, stub: StubClient) -> None:
     """Untagged manifests stay by default; --untagged removes them with their blobs."""
     untagged, _ = await pushImage(stub, "app", None, config=b'{"u": 1}', layers=(BASE, b"untagged"))
     tagged, _ = await pushImage(stub, "app", "v1", layers=(BASE,))
-    assert (await collect(*storeOf(registry), grace=0)).removed == []
-    report = await collect(*storeOf(registry), grace=0, untagged=True)
+    assert (await collectNow(registry)).removed == []
+    report = await collectNow(registry, untagged=True)
     assert {(r.kind, r.digest) for r in report.removed if r.kind == "manifest"} == {("manifest", untagged)}
     assert await manifestCode(stub, "app", untagged) == 404
     assert await blobCode(stub, "app", digestOf(b"untagged")) == 404
@@ -132,10 +150,10 @@ async def test_referrersKeptBySubject(registry: Registry, stub: StubClient) -> N
     signature, _ = await pushImage(
         stub, "app", None, config=b"{}", layers=(b"signature",), subject=descriptor
     )
-    assert (await collect(*storeOf(registry), grace=0, untagged=True)).removed == []
+    assert (await collectNow(registry, untagged=True)).removed == []
     assert await manifestCode(stub, "app", signature) == 200
     assert (await stub.request("DELETE", "/v2/app/manifests/v1")).code == 202  # untag only
-    report = await collect(*storeOf(registry), grace=0, untagged=True)
+    report = await collectNow(registry, untagged=True)
     assert {r.digest for r in report.removed if r.kind == "manifest"} == {subject, signature}
     assert await manifestCode(stub, "app", signature) == 404
     referrers = await stub.request("GET", f"/v2/app/referrers/{subject}")
@@ -148,12 +166,12 @@ async def test_indexKeepsChildren(registry: Registry, stub: StubClient) -> None:
     amd = await pushImage(stub, "app", None, config=b'{"arch": "amd64"}', layers=(b"amd64",))
     arm = await pushImage(stub, "app", None, config=b'{"arch": "arm64"}', layers=(b"arm64",))
     index = await pushIndex(stub, "app", "multi", [amd, arm])
-    assert (await collect(*storeOf(registry), grace=0, untagged=True)).removed == []
+    assert (await collectNow(registry, untagged=True)).removed == []
     for digest in (amd[0], arm[0], index):
         assert await manifestCode(stub, "app", digest) == 200
     assert await blobCode(stub, "app", digestOf(b"arm64")) == 200
     await stub.request("DELETE", "/v2/app/manifests/multi")
-    report = await collect(*storeOf(registry), grace=0, untagged=True)
+    report = await collectNow(registry, untagged=True)
     assert {r.digest for r in report.removed if r.kind == "manifest"} == {amd[0], arm[0], index}
 
 

@@ -324,3 +324,24 @@ async def test_concurrentTagWritesLastWins(twoNodes: tuple[S3Backends, S3Backend
     assert final in digests
     assert await b.manifests.resolveTag("repo", "latest") == final
     assert await b.manifests.listTags("repo", None, 10) == ["latest"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalogOfLongNames(seaweedfs: SeaweedFS) -> None:
+    """Repository names up to 255 characters, some starting others, are listed and paged in order."""
+    node = S3Backends(seaweedfs)
+    try:
+        names = ["a", "x" * 99, "x" * 100, "x" * 101, "x" * 100 + "/a", "x" * 255, "x" * 100 + "-a", "y"]
+        for name in names:
+            await node.manifests.setTag(name, "t", digestOf(name.encode()))
+            await node.blobs.link(name, digestOf(name.encode()))
+        expected = sorted(names)
+        assert await node.manifests.listRepositories(None, 100) == expected
+        paged, last = [], None
+        while page := await node.manifests.listRepositories(last, 3):
+            paged += page
+            last = page[-1]
+        assert paged == expected
+        assert await node.blobs.listLinkedRepositories(expected[2], 100) == expected[3:]
+    finally:
+        node.close()

@@ -34,18 +34,32 @@ def _digestPart(digest: str) -> str:
     return f"{algorithm}/{encoded}"
 
 
+# Longest component of an encoded name: stores that keep keys as paths
+# (SeaweedFS) refuse a component longer than 255 bytes.
+_CHUNK = 200
+# Ends every encoded name; sorts below "/" and every hex digit.
+_END = "!"
+
+
 def encodeName(name: str) -> str:
     """
-    A repository name as one key component that sorts like the name: hex
-    of its UTF-8 bytes (fixed width per byte keeps byte order), free of
-    C{/}, so the catalog is one flat listing.
+    A repository name as a key suffix that sorts like the name, for the
+    flat, paged listings of the catalog: the hex of its UTF-8 bytes (fixed
+    width per byte keeps byte order), cut into components of 200 digits,
+    then C{/!}.  The terminator sorts below any digit and below C{/}, so a
+    name comes before the longer names it starts, both in byte order of
+    keys and in the order of a store that walks a tree of components.
     """
-    return name.encode().hex()
+    encoded = name.encode().hex()
+    chunks = [encoded[i : i + _CHUNK] for i in range(0, len(encoded), _CHUNK)] or [""]
+    return "/".join(chunks) + "/" + _END
 
 
-def decodeName(component: str) -> str | None:
+def decodeName(suffix: str) -> str | None:
+    if not suffix.endswith("/" + _END):
+        return None
     try:
-        return bytes.fromhex(component).decode()
+        return bytes.fromhex(suffix[: -len(_END) - 1].replace("/", "")).decode()
     except ValueError:
         return None
 
