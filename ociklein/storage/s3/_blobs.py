@@ -23,7 +23,7 @@ from zope.interface import implementer
 from ociklein.interfaces import IBlobMaintenance, IBlobReader, IBlobStore, IUpload, StoredItem
 from ociklein.storage._checks import checkRepository
 from ociklein.storage.s3._client import S3Client
-from ociklein.storage.s3._keys import UPLOAD_ID, decodeName, encodeName
+from ociklein.storage.s3._keys import UPLOAD_ID
 from ociklein.storage.s3._uploads import S3Upload, SessionInfo
 from ociklein.storage.s3._uses import Uses, digestFromKey
 
@@ -158,12 +158,14 @@ class S3BlobStore:
     def link(self, repository: str, digest: str) -> Deferred[None]:
         """
         Write the link (again: that records a use of it), enter the
-        repository among those with links, record a use of the blob.
+        repository among those with links and among the blob's holders,
+        record a use of the blob.
         """
         client, keys = self._client, self._keys
         writes: list[Deferred[Any]] = [
             client.run(client.put, keys.link(repository, digest), b""),
             client.run(client.put, keys.linkedEntry(repository), b""),
+            client.run(client.put, keys.holder(digest, repository), b""),
             client.run(self._uses.recordUse, keys.blob(digest)),
         ]
         return gatherResults(writes, consumeErrors=True).addCallbacks(
@@ -177,8 +179,15 @@ class S3BlobStore:
         key = self._keys.link(repository, digest)
         if await self._client.run(self._client.head, key) is None:
             return False
-        await self._client.run(self._client.delete, key)
+        await self._client.run(self._client.deleteMany, [key, self._keys.holder(digest, repository)])
         return True
+
+    def repositoriesHolding(self, digest: str, last: str | None, limit: int) -> Deferred[list[str]]:
+        """
+        One page of the C{holders/<digest>/} index that L{link} and
+        L{unlink} keep, in the catalog's encoding.
+        """
+        return self._client.run(self._client.listNames, self._keys.holders(digest), last, limit)
 
     def isLinked(self, repository: str, digest: str) -> Deferred[bool]:
         key = self._keys.link(repository, digest)
@@ -272,15 +281,7 @@ class S3BlobStore:
         return self._client.run(self._uses.listWithUses, self._keys.blobs, start, limit, digestFromKey)
 
     def listLinkedRepositories(self, last: str | None, limit: int) -> Deferred[list[str]]:
-        return self._client.run(self._listLinked, last, limit)
-
-    def _listLinked(self, last: str | None, limit: int) -> list[str]:
-        if limit <= 0:
-            return []
-        prefix = self._keys.linked
-        entries = self._client.listObjects(prefix, None if last is None else prefix + encodeName(last), limit)
-        names = [decodeName(e["Key"][len(prefix) :]) for e in entries]
-        return [name for name in names if name is not None]
+        return self._client.run(self._client.listNames, self._keys.linked, last, limit)
 
     def listLinks(self, repository: str, last: str | None, limit: int) -> Deferred[list[StoredItem]]:
         prefix = self._keys.links(repository)
@@ -302,8 +303,8 @@ class S3BlobStore:
         return gatherResults(calls, consumeErrors=True).addCallbacks(touched, lambda f: f.value.subFailure)
 
     def deleteLink(self, repository: str, digest: str, before: float) -> Deferred[bool]:
-        key = self._keys.link(repository, digest)
-        return self._client.run(self._uses.fencedDelete, key, before, lambda head: [])
+        key, holder = self._keys.link(repository, digest), self._keys.holder(digest, repository)
+        return self._client.run(self._uses.fencedDelete, key, before, lambda head: [holder])
 
     def deleteBlob(self, digest: str, before: float) -> Deferred[bool]:
         key = self._keys.blob(digest)

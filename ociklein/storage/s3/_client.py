@@ -19,7 +19,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ociklein.interfaces import StorageUnavailable
 from ociklein.storage._threads import resolveReactor
-from ociklein.storage.s3._keys import Keys
+from ociklein.storage.s3._keys import Keys, decodeName, encodeName
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -309,6 +309,17 @@ class S3Client:
             if not response.get("IsTruncated") or token is None:
                 break
         return found if limit is None else found[:limit]
+
+    def listNames(self, prefix: str, last: str | None, limit: int) -> list[str]:
+        """
+        One page of repository names kept as encoded keys under C{prefix}
+        (the catalog and the other per-repository indexes).
+        """
+        if limit <= 0:
+            return []
+        entries = self.listObjects(prefix, None if last is None else prefix + encodeName(last), limit)
+        names = [decodeName(e["Key"][len(prefix) :]) for e in entries]
+        return [name for name in names if name is not None]
 
     def listPrefixes(self, prefix: str) -> list[str]:
         """

@@ -73,6 +73,7 @@ class Keys:
         self.prefix = normalizePrefix(prefix)
         self.catalog = self.prefix + "catalog/"
         self.linked = self.prefix + "linked/"
+        self.holderIndex = self.prefix + "holders/"
         self.uploads = self.prefix + "uploads/"
         self.blobs = self.prefix + "blobs/"
 
@@ -113,6 +114,15 @@ class Keys:
 
     def links(self, repository: str) -> str:
         return self.repository(repository) + "_links/"
+
+    def holders(self, digest: str) -> str:
+        """
+        The index of the repositories blob C{digest} is linked in.
+        """
+        return self.holderIndex + _digestPart(digest) + "/"
+
+    def holder(self, digest: str, repository: str) -> str:
+        return self.holders(digest) + encodeName(checkRepository(repository))
 
     def linkedEntry(self, repository: str) -> str:
         """

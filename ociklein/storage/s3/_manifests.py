@@ -20,7 +20,6 @@ from ociklein.interfaces import IManifestBackend, IManifestMaintenance, StoredIt
 from ociklein.names import isSupportedDigest, isTag
 from ociklein.storage._checks import checkDigest, checkRepository
 from ociklein.storage.s3._client import S3Client
-from ociklein.storage.s3._keys import decodeName, encodeName
 from ociklein.storage.s3._uses import Uses, digestFromKey
 
 # Object metadata (x-amz-meta-subject) of a manifest that has a subject.
@@ -194,19 +193,7 @@ class S3ManifestBackend:
         return tags
 
     def listRepositories(self, last: str | None, limit: int) -> Deferred[list[str]]:
-        return self._client.run(self._listRepositories, last, limit)
-
-    def _listRepositories(self, last: str | None, limit: int) -> list[str]:
-        if limit <= 0:
-            return []
-        prefix = self._keys.catalog
-        startAfter = None if last is None else prefix + encodeName(last)
-        names = []
-        for entry in self._client.listObjects(prefix, startAfter, limit):
-            name = decodeName(entry["Key"][len(prefix) :])
-            if name is not None:
-                names.append(name)
-        return names
+        return self._client.run(self._client.listNames, self._keys.catalog, last, limit)
 
     def referrers(self, repository: str, subject: str) -> Deferred[list[dict[str, Any]]]:
         return self._client.run(self._referrers, repository, subject)
