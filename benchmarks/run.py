@@ -577,7 +577,7 @@ def allListening(server: Server) -> bool:
     """
     Whether each of a multi-process ociklein's processes has logged that it
     listens: the first one as "ociklein listening on", worker N through the
-    first one's log as "worker N: ... ociklein listening on".
+    first one's log as "[worker N ...] ociklein listening on".
     """
     if server.workers == 1:
         return True
@@ -588,7 +588,7 @@ def allListening(server: Server) -> bool:
     listening = set()
     for line in lines:
         if "ociklein listening on" in line:
-            worker = re.search(r"\bworker (\d+): ", line)
+            worker = re.search(r"\[worker (\d+) ", line)
             listening.add(int(worker.group(1)) if worker else 0)
     return listening >= set(range(server.workers)) and len(server.processes()) >= server.workers
 

@@ -1,11 +1,13 @@
 """
-Several processes serving one filesystem root on the same TCP ports.
+Several processes serving one filesystem root (C{--workers N}).
 
-Each process binds its own listening socket with C{SO_REUSEPORT}, so the
-kernel spreads new connections across them; the filesystem backend is built
-for processes sharing a root.  The first process (the one twistd started)
-supervises the others: it starts them once it listens, restarts one that
-dies, and stops them when it stops.  A worker exits if its parent dies.
+The process twistd started binds every listening socket once, serves on it,
+and hands the sockets to N-1 worker processes as inherited descriptors; the
+kernel spreads connections across all of them.  No other process can join
+the port, as it could with C{SO_REUSEPORT}.  A
+L{twisted.runner.procmon.ProcessMonitor} starts the workers, restarts one
+that dies and stops them with the parent; a worker also exits if its parent
+dies.
 """
 
 from __future__ import annotations
@@ -13,52 +15,23 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
-from twisted.internet.protocol import ProcessProtocol
+from twisted.application.service import MultiService
+from twisted.internet.interfaces import IProcessProtocol, IProcessTransport, IReactorProcess, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.runner.procmon import ProcessMonitor
+from zope.interface import implementer
+
+from ociklein._logging import WORKER_NAMESPACE
 
 log = Logger()
 
 _PR_SET_PDEATHSIG = 1
-_RESTART_DELAY = 1.0
-_STOP_GRACE = 10.0
-
-
-def isReusableTCP(reactor: Any, description: str) -> bool:
-    """
-    Whether C{description} is a plain TCP endpoint, which workers can share.
-    """
-    return isinstance(serverFromString(reactor, description), TCP4ServerEndpoint | TCP6ServerEndpoint)
-
-
-def listenReusingPort(reactor: Any, description: str, factory: IProtocolFactory) -> IListeningPort:
-    """
-    Listen on the TCP endpoint C{description} with C{SO_REUSEPORT} set, so
-    that other processes may listen on the same address and port.
-    """
-    endpoint = serverFromString(reactor, description)
-    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-        raise ValueError(f"{description!r} is not a TCP endpoint")
-    family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
-    interface = endpoint._interface or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((interface, endpoint._port))
-        sock.listen(endpoint._backlog)
-        sock.setblocking(False)
-        return reactor.adoptStreamPort(sock.fileno(), family, factory)  # type: ignore[no-any-return]
-    finally:
-        sock.close()  # the reactor holds its own copy of the descriptor
+# Inherited sockets are descriptors 3, 4, ... of a worker, in --listen order.
+FIRST_INHERITED = 3
 
 
 def dieWithParent() -> None:
@@ -75,93 +48,60 @@ def dieWithParent() -> None:
         os._exit(0)
 
 
-class _Worker(ProcessProtocol):
-    def __init__(self, supervisor: WorkersService, number: int) -> None:
-        self._supervisor = supervisor
-        self.number = number
-        self.ended: Deferred[None] = Deferred()
-        self.killer: Any = None
-        self._partial = b""
-
-    def outReceived(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            log.info("worker {number}: {line}", number=self.number, line=line.decode("utf-8", "replace"))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        if self.killer is not None and self.killer.active():
-            self.killer.cancel()
-        self.ended.callback(None)
-        self._supervisor._ended(self, reason)
-
-
-class WorkersService(Service):
+@implementer(IReactorProcess, IReactorTime)
+class _HandingSockets:
     """
-    Runs C{count} more registry processes beside this one, each started as
-    C{python -m twisted ociregistry ARGS --listen ... --worker}.
+    The reactor as L{ProcessMonitor} sees it: each process it spawns also
+    gets the listening sockets, as descriptors 3, 4, ...
     """
 
-    def __init__(self, reactor: Any, count: int, args: list[str], listening: Deferred[list[IListeningPort]]):
+    def __init__(self, reactor: Any, descriptors: Callable[[], Sequence[int]]) -> None:
         self._reactor = reactor
-        self._count = count
-        self._args = args
-        self._listening = listening
-        self._listen: list[str] = []
-        self._workers: dict[int, tuple[_Worker, Any]] = {}
+        self._descriptors = descriptors
 
-    def startService(self) -> None:
-        super().startService()
-        self._listening.addCallback(self._spawnAll)
+    def spawnProcess(
+        self,
+        processProtocol: IProcessProtocol,
+        executable: bytes | str,
+        args: Sequence[bytes | str],
+        env: Any = None,
+        path: Any = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        usePTY: bool = False,
+        childFDs: Mapping[int, int | str] | None = None,
+    ) -> IProcessTransport:
+        fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        for offset, fd in enumerate(self._descriptors()):
+            fds[FIRST_INHERITED + offset] = fd
+        return self._reactor.spawnProcess(  # type: ignore[no-any-return]
+            processProtocol, executable, args, env=env, path=path, uid=uid, gid=gid, childFDs=fds
+        )
 
-    def _spawnAll(self, ports: list[IListeningPort]) -> list[IListeningPort]:
-        # Workers listen on the ports this process got, even where it was
-        # asked for port 0.
-        addresses: list[Any] = [port.getHost() for port in ports]
-        self._listen = [f"tcp:{a.port}:interface={a.host}" for a in addresses]
-        for number in range(1, self._count + 1):
-            self._spawn(number)
-        return ports
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)  # callLater, seconds, getDelayedCalls
 
-    def _spawn(self, number: int) -> None:
-        if not self.running:
-            return
-        worker = _Worker(self, number)
-        listen = [arg for description in self._listen for arg in ("--listen", description)]
-        runner = [sys.executable, "-m", "twisted", "--log-format=text", "ociregistry"]
-        argv = [*runner, *self._args, *listen, "--worker"]
-        process = self._reactor.spawnProcess(worker, sys.executable, argv, env=os.environ)
-        self._workers[number] = (worker, process)
-        log.info("ociklein worker {number} started (pid {pid})", number=number, pid=process.pid)
 
-    def _ended(self, worker: _Worker, reason: Failure) -> None:
-        if self._workers.get(worker.number, (None,))[0] is worker:
-            del self._workers[worker.number]
-        if self.running:
-            log.warn(
-                "ociklein worker {number} ended ({reason}); restarting",
-                number=worker.number,
-                reason=reason.getErrorMessage(),
-            )
-            self._reactor.callLater(_RESTART_DELAY, self._spawn, worker.number)
+class WorkersService(MultiService):
+    """
+    Runs C{count} worker processes, C{python -m twisted ociregistry ARGS},
+    each given the descriptors C{descriptors()} names (the parent's
+    listening sockets) and told which they are by C{args}.
+    """
 
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        ending = []
-        for worker, process in list(self._workers.values()):
-            ending.append(worker.ended)
-            try:
-                process.signalProcess("TERM")
-            except Exception:  # already gone
-                continue
-            worker.killer = self._reactor.callLater(_STOP_GRACE, self._kill, process)
-        return DeferredList(ending)
-
-    @staticmethod
-    def _kill(process: Any) -> None:
-        try:
-            process.signalProcess("KILL")
-        except Exception:  # already gone
-            pass
+    def __init__(
+        self,
+        reactor: IReactorProcess,
+        count: int,
+        args: Sequence[str],
+        descriptors: Callable[[], Sequence[int]],
+    ) -> None:
+        super().__init__()
+        self.monitor = ProcessMonitor(reactor=_HandingSockets(reactor, descriptors))
+        # Worker lines arrive stamped by the worker: the ociklein observer
+        # writes them as they are.
+        self.monitor.log = Logger(namespace=WORKER_NAMESPACE)
+        self.monitor.setServiceParent(self)
+        for number in range(1, count + 1):
+            argv = [sys.executable, "-m", "twisted", "ociregistry", *args, f"--worker={number}"]
+            self.monitor.addProcess(f"worker-{number}", argv, env=dict(os.environ))

@@ -5,28 +5,25 @@ backends, served as a twisted.web resource, a Site, or an IService.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
 
-from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime, IStreamServerEndpoint
 from twisted.web.resource import IResource
 from twisted.web.server import Site
-from zope.interface import implementer
 
-from ociklein._workers import listenReusingPort
+from ociklein._listening import ListeningService
 from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES, RegistryCore
+from ociklein.http._accesslog import AccessLog, ClientAddress, parseNetworks
 from ociklein.http._limits import Limits
 from ociklein.http._plainhttp import RefuseTLSFactory
 from ociklein.http._routes import RegistryRoutes
 from ociklein.http._streaming import makeSite
 from ociklein.interfaces import IBlobStore, IManifestBackend
 from ociklein.storage.memory import MemoryBlobStore, MemoryManifestBackend
-
-log = Logger()
 
 
 class Registry:
@@ -75,93 +72,84 @@ class Registry:
         """
         return self._routes.resource()
 
-    def site(self, reactor: Any = None, accessLog: bool = True, limits: Limits | None = None) -> Site:
+    def site(
+        self,
+        reactor: IReactorTime | None = None,
+        accessLog: bool = True,
+        trustedProxies: Iterable[str] = (),
+        limits: Limits | None = None,
+    ) -> Site:
         """
         A L{Site} serving the registry with streaming request bodies,
         keeping clients within C{limits} (connections, deadlines); one
-        access log line per request unless C{accessLog} is false.
+        access log event per request unless C{accessLog} is false, naming
+        the client behind proxies in C{trustedProxies} (CIDR networks).
         """
-        return makeSite(self.resource(), reactor=reactor, accessLog=accessLog, limits=limits)
+        finished = [AccessLog(ClientAddress(parseNetworks(trustedProxies)))] if accessLog else []
+        return makeSite(self.resource(), reactor=reactor, finished=finished, limits=limits)
 
     def service(
         self,
-        listen: list[str],
-        reactor: Any = None,
-        onStop: Any = None,
+        listen: Iterable[str | IStreamServerEndpoint],
+        reactor: IReactorCore | None = None,
+        onStop: Callable[[], object] | None = None,
         accessLog: bool = True,
-        reusePort: bool = False,
+        trustedProxies: Iterable[str] = (),
         limits: Limits | None = None,
-    ) -> IService:
+    ) -> RegistryService:
         """
-        An L{IService} listening on each Twisted server endpoint string;
-        with C{reusePort}, TCP ports other processes may listen on too.
+        An L{IService} listening on each Twisted server endpoint string (or
+        endpoint) of C{listen} while it runs.
         """
-        return _ListeningService(self, listen, reactor, onStop, accessLog, reusePort, limits)
-
-
-@implementer(IService)
-class _ListeningService(Service):
-    def __init__(
-        self,
-        registry: Registry,
-        listen: list[str],
-        reactor: Any,
-        onStop: Any,
-        accessLog: bool = True,
-        reusePort: bool = False,
-        limits: Limits | None = None,
-    ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
-        self._registry = registry
-        self._descriptions = listen
-        self._reactor = reactor
-        self._onStop = onStop
-        self._accessLog = accessLog
-        self._reusePort = reusePort
-        self._limits = limits
-        self.ports: list[IListeningPort] = []
-        self.listening: Deferred[list[IListeningPort]] = Deferred()
-
-    def startService(self) -> None:
-        super().startService()
-        site = self._registry.site(self._reactor, accessLog=self._accessLog, limits=self._limits)
-        waiting = []
-        for description in self._descriptions:
-            factory = site if description.startswith(("ssl:", "tls:")) else RefuseTLSFactory(site)
-            if self._reusePort:
-                listened = maybeDeferred(listenReusingPort, self._reactor, description, factory)
+        resolved = _resolveReactor(reactor)
+        site = self.site(resolved, accessLog=accessLog, trustedProxies=trustedProxies, limits=limits)  # type: ignore[arg-type]
+        top = RegistryService(onStop)
+        for item in listen:
+            if isinstance(item, str):
+                endpoint, description = serverFromString(resolved, item), item
             else:
-                listened = serverFromString(self._reactor, description).listen(factory)
-            waiting.append(listened.addCallback(self._listening, description))
-        DeferredList(waiting, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
-            lambda _: self.listening.callback(self.ports), self._failed
-        )
+                endpoint, description = item, str(item)
+            plain = not description.startswith(("ssl:", "tls:"))
+            factory = RefuseTLSFactory(site) if plain else site
+            ListeningService(endpoint, factory, description).setServiceParent(top)
+        return top
 
-    def _listening(self, port: IListeningPort, description: str) -> None:
-        self.ports.append(port)
-        address = port.getHost()
-        log.info(
-            "ociklein listening on {description} ({host}:{port})",
-            description=description,
-            host=getattr(address, "host", "?"),
-            port=getattr(address, "port", "?"),
-        )
 
-    def _failed(self, failure: Any) -> None:
-        reason = getattr(failure.value, "subFailure", failure)
-        log.critical("ociklein cannot listen: {reason}", reason=reason.getErrorMessage())
-        self.listening.errback(reason)
-        if self._reactor.running:
-            self._reactor.stop()
+def _resolveReactor(reactor: IReactorCore | None) -> IReactorCore:
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
 
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        ports, self.ports = self.ports, []
-        stopping = [port.stopListening() for port in ports]
-        done = DeferredList([d for d in stopping if d is not None])
+        return globalReactor  # type: ignore[return-value]
+    return reactor
+
+
+class RegistryService(MultiService):
+    """
+    The registry's listening ports as one restartable service; C{onStop}
+    runs once they have all stopped.
+    """
+
+    def __init__(self, onStop: Callable[[], object] | None = None) -> None:
+        super().__init__()
+        self._onStop = onStop
+
+    @property
+    def ports(self) -> list[IListeningPort]:
+        """
+        The ports listened on, once started.
+        """
+        return [s.port for s in self if isinstance(s, ListeningService) and s.port is not None]
+
+    @property
+    def listening(self) -> Deferred[list[IListeningPort]]:
+        """
+        Fires with L{ports} (every endpoint listens as the service starts).
+        """
+        return succeed(self.ports)
+
+    def stopService(self) -> Deferred[None]:
+        stopped = super().stopService()
         if self._onStop is not None:
-            done.addCallback(lambda _: self._onStop())
-        return done
+            onStop = self._onStop
+            stopped.addCallback(lambda _: onStop())
+        return stopped

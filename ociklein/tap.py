@@ -1,24 +1,37 @@
 """
 The C{twistd ociregistry} plugin: options, the INI configuration file, and
-the service they describe.  Command line beats file beats defaults.
+the service they describe.  Command line beats file beats defaults.  Every
+value is checked here, before anything starts: a mistake is one line.
 """
 
 from __future__ import annotations
 
 import configparser
+import math
 import os
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ociklein._workers import WorkersService, dieWithParent, isReusableTCP
+from ociklein import _logging
+from ociklein._listening import (
+    FAMILIES,
+    InheritedEndpoint,
+    exitOnStartupError,
+    parseEndpoint,
+    shareableFamily,
+)
+from ociklein._workers import FIRST_INHERITED, WorkersService, dieWithParent
 from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
+from ociklein.http._accesslog import parseNetworks
 from ociklein.http._limits import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Limits, raiseFileLimit
-from ociklein.registry import Registry
+from ociklein.registry import Registry, RegistryService
 
 log = Logger()
 
@@ -55,7 +68,12 @@ DEFAULTS: dict[str, Any] = {
     "max-connections": "auto",
     "header-timeout": DEFAULT_HEADER_TIMEOUT,
     "idle-timeout": DEFAULT_IDLE_TIMEOUT,
+    # Operations: logs.
+    "log-format": "text",
+    "trusted-proxy": [],
 }
+# Keys holding several values: repeated options, whitespace-separated in the file.
+_LISTS = frozenset({"listen", "trusted-proxy"})
 _SWITCHES = ("allow-sparse-manifests", "automatic-mount", "read-only")
 _FILES = ("htpasswd", "access", "token-key", "token-public-key", "token-realm")
 _CONVERT = {
@@ -87,6 +105,15 @@ _BOOLEANS = {
 }
 
 
+def _flag(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    flag = _BOOLEANS.get(str(value).strip().lower())
+    if flag is None:
+        raise usage.UsageError(f"--{key} must be yes or no, not {value!r}")
+    return flag
+
+
 class Options(usage.Options):
     """
     Options of C{twistd ociregistry}; see C{tap.cfg} for every key.
@@ -112,7 +139,7 @@ class Options(usage.Options):
         ["max-manifest-bytes", None, None, "Largest manifest accepted, in bytes. [default: 4194304]"],
         ["upload-ttl", None, None, "Seconds after which an upload session expires. [default: 86400]"],
         ["access-log", None, None, "Log one line per request: yes or no. [default: yes]"],
-        ["workers", None, None, "Processes serving the fs backend on the same TCP ports. [default: 1]"],
+        ["workers", None, None, "Processes serving the fs or s3 backend on the same ports. [default: 1]"],
         [
             "max-connections",
             None,
@@ -150,14 +177,19 @@ class Options(usage.Options):
         ["token-issuer", None, None, "Issuer (iss) of the tokens. [default: ociklein]"],
         ["token-service", None, None, "Service (aud) of the tokens. [default: ociklein]"],
         ["token-public-key", None, None, "PEM public key or certificate of an external token service."],
+        # Operations: logs.
+        ["log-format", None, None, "Log lines as text or json. [default: text]"],
+        # Internal: set by the process that starts workers.
+        ["worker", None, None, "(internal) Serve as worker N of another ociregistry process."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["trusted-proxy"] = []
+        self["inherit"] = []
 
     optFlags = [
-        ["worker", None, "(internal) Serve as a worker started by another ociregistry process."],
         ["allow-sparse-manifests", None, "Accept manifests naming blobs or manifests the repository lacks."],
         ["automatic-mount", None, "Mount a blob named without from= from any repository it is in."],
         ["read-only", None, "Refuse every write (POST, PATCH, PUT, DELETE) with 405."],
@@ -168,6 +200,41 @@ class Options(usage.Options):
         A Twisted server endpoint string to listen on; repeatable. [default: tcp:5000]
         """
         self["listen"].append(description)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """
+        A reverse proxy's address or CIDR network, whose X-Forwarded-For and
+        Forwarded headers name the client in the access log; repeatable.
+        """
+        self["trusted-proxy"].append(network)
+
+    def opt_inherit(self, socket: str) -> None:
+        """
+        (internal) FD:FAMILY, a listening socket inherited from the parent.
+        """
+        self["inherit"].append(socket)
+
+    def opt_version(self) -> None:
+        """
+        Print ociklein's version and exit.
+        """
+        from ociklein import __version__
+
+        print(f"ociklein {__version__}")
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        As a subcommand of twistd or twist, print a usage error as one line
+        and exit, instead of their whole --help and the error.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            sys.stderr.write(f"{_program()} {SECTION}: {e}\n")
+            sys.exit(2)
 
     def _fromFile(self, path: str) -> dict[str, Any]:
         parser = configparser.ConfigParser(interpolation=None)
@@ -180,12 +247,13 @@ class Options(usage.Options):
             reason = " ".join(e.message.split())  # configparser's messages span lines
             raise usage.UsageError(f"bad config file {path}: {reason}") from None
         if not parser.has_section(SECTION):
-            return {}
+            found = ", ".join(f"[{s}]" for s in parser.sections()) or "none"
+            raise usage.UsageError(f"no [{SECTION}] section in config file {path} (found {found})")
         values: dict[str, Any] = {}
         for key, value in parser.items(SECTION):
             if key not in DEFAULTS:
                 raise usage.UsageError(f"unknown key {key!r} in [{SECTION}] of {path}")
-            values[key] = value.split() if key == "listen" else value
+            values[key] = value.split() if key in _LISTS else value
         return values
 
     def _checkAccess(self) -> None:
@@ -209,11 +277,37 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         fromFile = self._fromFile(self["config"]) if self["config"] else {}
+        # A file listing the defaults (as tap.cfg does) names the default root.
+        rootGiven = self["root"] is not None or fromFile.get("root", DEFAULTS["root"]) != DEFAULTS["root"]
         for key, default in DEFAULTS.items():
             given = self[key] if key in self else None
             if given in (None, []) or (key in _SWITCHES and not given):
                 self[key] = fromFile.get(key, default)
         self._checkAccess()
+        self._checkNumbers()
+        for key in ("access-log", *_SWITCHES):
+            self[key] = _flag(key, self[key])
+        if self["backend"] not in ("memory", "fs", "s3"):
+            raise usage.UsageError(f"--backend must be memory, fs or s3, not {self['backend']!r}")
+        if self["backend"] == "fs":
+            self["root"] = _checkRoot(self["root"])
+        elif rootGiven:
+            raise usage.UsageError(
+                f"--root is for --backend=fs; the {self['backend']} backend keeps nothing on disk"
+            )
+        if self["backend"] == "s3":
+            self._checkS3()
+        self._checkListen()
+        self._checkOperations()
+        if self["worker"] is not None:
+            self["worker"] = int(self["worker"])
+        _logging.install(getattr(self, "parent", None), self["log-format"], self["worker"] or 0)
+        if getattr(self, "parent", None) is not None:
+            # twist shows the log on the terminal until it starts logging:
+            # the reason is already there.
+            exitOnStartupError(f"{_program()} {SECTION}", echo=_program() != "twist")
+
+    def _checkNumbers(self) -> None:
         for key, convert in _CONVERT.items():
             try:
                 self[key] = convert(self[key])
@@ -221,32 +315,29 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be a number, not {self[key]!r}") from None
             if not self[key] > 0:  # also refuses nan
                 raise usage.UsageError(f"--{key} must be positive")
+            if not math.isfinite(self[key]):
+                raise usage.UsageError(f"--{key} must be finite")
         self["max-connections"] = _maxConnections(self["max-connections"])
-        for key in ("access-log", *_SWITCHES):
-            if not isinstance(self[key], bool):
-                flag = _BOOLEANS.get(str(self[key]).strip().lower())
-                if flag is None:
-                    raise usage.UsageError(f"--{key} must be yes or no, not {self[key]!r}")
-                self[key] = flag
-        if self["backend"] not in ("memory", "fs", "s3"):
-            raise usage.UsageError(f"--backend must be memory, fs or s3, not {self['backend']!r}")
-        if self["backend"] == "s3":
-            self._checkS3()
-        from twisted.internet import reactor
 
+    def _checkListen(self) -> None:
         if not self["listen"]:
             raise usage.UsageError("--listen needs at least one endpoint")
+        families = []
         for description in self["listen"]:
             try:
-                serverFromString(reactor, description)
-            except Exception as e:  # a missing or unreadable TLS key is an OSError or an SSL error
+                endpoint = parseEndpoint(description)
+            except ValueError as e:
                 raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
+            families.append(shareableFamily(endpoint))
         if self["workers"] > 1:
             if self["backend"] == "memory":
                 raise usage.UsageError("--workers above 1 needs --backend=fs or s3: memory is not shared")
-            for description in self["listen"]:
-                if not isReusableTCP(reactor, description):
-                    raise usage.UsageError(f"--workers above 1 needs tcp: endpoints, not {description!r}")
+            for description, family in zip(self["listen"], families, strict=True):
+                if family is None:
+                    raise usage.UsageError(
+                        f"--workers above 1 needs tcp:, tcp6: or unix: endpoints, not {description!r}"
+                    )
+        self["families"] = families
 
     def _checkS3(self) -> None:
         """
@@ -270,8 +361,16 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--backend=s3: {e}") from None
 
+    def _checkOperations(self) -> None:
+        if self["log-format"] not in _logging.FORMATS:
+            raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
+        try:
+            parseNetworks(self["trusted-proxy"])
+        except ValueError as e:
+            raise usage.UsageError(f"bad --trusted-proxy: {e}") from None
 
-def s3Config(options: Options | dict[str, Any]) -> Any:
+
+def s3Config(options: Mapping[str, Any]) -> Any:
     """
     The L{ociklein.storage.s3.S3Config} the s3 options describe.
     """
@@ -302,18 +401,18 @@ def _maxConnections(value: Any) -> int | None:
     return number
 
 
-def _limits(options: Options | dict[str, Any]) -> Limits:
+def _limits(options: Mapping[str, Any]) -> Limits:
     """
     The connection limits the options give.
     """
     return Limits(
-        maxConnections=options.get("max-connections"),
+        maxConnections=_maxConnections(options.get("max-connections")),
         headerTimeout=options.get("header-timeout", DEFAULT_HEADER_TIMEOUT),
         idleTimeout=options.get("idle-timeout", DEFAULT_IDLE_TIMEOUT),
     )
 
 
-def _limitArguments(options: Options | dict[str, Any]) -> list[str]:
+def _limitArguments(options: Mapping[str, Any]) -> list[str]:
     """
     The command-line options that hand the connection limits to a worker.
     """
@@ -325,26 +424,33 @@ def _limitArguments(options: Options | dict[str, Any]) -> list[str]:
     ]
 
 
-def _registryOptions(options: Options | dict[str, Any]) -> dict[str, Any]:
-    """
-    The L{Registry} keyword arguments the options give.
-    """
-    return {
-        "maxManifestBytes": options["max-manifest-bytes"],
-        "allowSparseManifests": bool(options.get("allow-sparse-manifests", False)),
-        "automaticMount": bool(options.get("automatic-mount", False)),
-    }
+def _program() -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "twistd"
+    return "twist" if name == "__main__.py" else name
 
 
-def _switchArguments(options: Options | dict[str, Any]) -> list[str]:
+def _checkRoot(root: str) -> str:
     """
-    The command-line flags that hand the spec's optional parts switched on
-    to a worker process.
+    Refuse now, as a usage error rather than a traceback at startup, a root
+    that is not a directory or that could not be created or written to.
+    Nothing is created yet: that is for the service.
     """
-    return [f"--{key}" for key in _SWITCHES if options.get(key)]
+    if not root:
+        raise usage.UsageError("--root must name a directory")
+    path = os.path.abspath(root)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if not os.path.isdir(path):
+        raise usage.UsageError(f"--root {root}: {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise usage.UsageError(f"--root {root}: {path} is not writable")
+    return root
 
 
-def accessControl(options: Options | dict[str, Any], reactor: Any) -> AccessControl | None:
+def accessControl(options: Mapping[str, Any], reactor: Any) -> AccessControl | None:
     """
     The access control the options ask for; L{None} without any.
     """
@@ -365,87 +471,147 @@ def accessControl(options: Options | dict[str, Any], reactor: Any) -> AccessCont
     )
 
 
-def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IService:
+def makeService(options: Mapping[str, Any], reactor: IReactorCore | None = None) -> IService:
     """
-    The registry service the options describe.
+    The registry service the options describe: L{Options}, or any mapping
+    of option names to values, the missing ones taking their defaults.
     """
-    backend = options["backend"]
-    onStop = None
+    settings = {**DEFAULTS, **options}
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor  # type: ignore[assignment]
     raiseFileLimit()
-    guard: dict[str, Any] = {
-        "access": accessControl(options, reactor),
-        "readOnly": bool(options.get("read-only")),
-    }
-    if backend == "fs":
-        from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
-
-        root = options["root"]
-        try:
-            prepareRoot(root)
-        except (OSError, ValueError) as e:
-            raise usage.UsageError(f"--root {root}: {e}") from None
-        blobs = FilesystemBlobStore(root, reactor=reactor, uploadTTL=options["upload-ttl"])
-        manifests = FilesystemManifestBackend(root, reactor=reactor)
-        registry = Registry(manifests, blobs, **_registryOptions(options), **guard)
-        onStop = blobs.close
-        log.info("ociklein backend: fs, root: {root}", root=root)
-    elif backend == "s3":
-        from ociklein.storage.s3 import S3BlobStore, S3Client, S3ManifestBackend
-
-        client = S3Client(s3Config(options), reactor=reactor)
-        s3Blobs = S3BlobStore(
-            client, uploadTTL=options["upload-ttl"], partSize=options["s3-part-size"] * 1024 * 1024
-        )
-        registry = Registry(S3ManifestBackend(client), s3Blobs, **_registryOptions(options), **guard)
-
-        def onStop() -> None:
-            s3Blobs.close()
-            client.close()
-
-        log.info(
-            "ociklein backend: s3, bucket: {bucket}, prefix: {prefix!r}, endpoint: {endpoint}",
-            bucket=options["s3-bucket"],
-            prefix=options["s3-prefix"],
-            endpoint=options["s3-endpoint"] or "AWS",
-        )
-    else:
-        registry = Registry(**_registryOptions(options), **guard)
-        log.warn("ociklein backend: memory; every image is lost when the process exits")
     top = MultiService()
-    accessLog = options.get("access-log", True)
-    worker = bool(options.get("worker"))
-    extraWorkers = 0 if worker else options.get("workers", 1) - 1
+    registry, onStop = _makeRegistry(settings, reactor, top)
+    worker = settings.get("worker") or 0
+    inherited = list(settings.get("inherit") or [])
     if worker:
         dieWithParent()
+    listen: list[Any] = list(settings["listen"])
+    if inherited:
+        listen = []
+        for item in inherited:
+            fd, _, family = item.partition(":")
+            listen.append(InheritedEndpoint(reactor, int(fd), family))  # type: ignore[arg-type]
     service = registry.service(
-        list(options["listen"]),
+        listen,
         reactor,
         onStop,
-        accessLog=accessLog,
-        reusePort=worker or extraWorkers > 0,
-        limits=_limits(options),
+        accessLog=settings["access-log"],
+        trustedProxies=settings["trusted-proxy"],
+        limits=_limits(settings),
     )
     service.setServiceParent(top)
-    if extraWorkers > 0:
-        args = [
-            f"--backend={backend}",
-            f"--root={os.path.abspath(options['root'])}",
-            *(f"--{key}={options[key]}" for key in _S3_KEYS if backend == "s3"),
-            f"--max-manifest-bytes={options['max-manifest-bytes']}",
-            f"--upload-ttl={options['upload-ttl']}",
-            f"--access-log={'yes' if accessLog else 'no'}",
-            *_switchArguments(options),
-            *(f"--{key}={os.path.abspath(options[key])}" for key in _FILES[:-1] if options.get(key)),
-            *(
-                f"--{key}={options[key]}"
-                for key in ("token-realm", "token-issuer", "token-service")
-                if options.get(key)
-            ),
-            *_limitArguments(options),
-        ]
-        if reactor is None:
-            from twisted.internet import reactor
-        workers = WorkersService(reactor, extraWorkers, args, service.listening)  # type: ignore[attr-defined]
-        workers.setServiceParent(top)
-        log.info("ociklein serving with {count} processes", count=extraWorkers + 1)
+    extra = 0 if worker else settings["workers"] - 1
+    if extra > 0:
+        _addWorkers(settings, reactor, service, extra).setServiceParent(top)
     return top
+
+
+def _makeRegistry(
+    settings: dict[str, Any], reactor: IReactorCore | None, top: MultiService
+) -> tuple[Registry, Any]:
+    if settings["backend"] == "fs":
+        from twisted.application.internet import TimerService
+
+        from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend
+
+        root = settings["root"]
+        try:
+            blobs = FilesystemBlobStore(root, reactor=reactor, uploadTTL=settings["upload-ttl"])  # type: ignore[arg-type]
+        except ValueError as e:
+            raise usage.UsageError(f"--root: {e}") from None
+        manifests = FilesystemManifestBackend(root, reactor=reactor)  # type: ignore[arg-type]
+        sweeper = TimerService(blobs.expiryInterval, blobs.sweep)
+        sweeper.clock = reactor
+        sweeper.setServiceParent(top)
+        log.info("ociklein backend: fs, root: {root}", root=root)
+        return Registry(manifests, blobs, **_registryOptions(settings, reactor)), blobs.close
+    if settings["backend"] == "s3":
+        return _makeS3Registry(settings, reactor, top)
+    log.warn("ociklein backend: memory; every image is lost when the process exits")
+    return Registry(**_registryOptions(settings, reactor)), None
+
+
+def _makeS3Registry(
+    settings: dict[str, Any], reactor: IReactorCore | None, top: MultiService
+) -> tuple[Registry, Any]:
+    from twisted.application.internet import TimerService
+
+    from ociklein.storage.s3 import S3BlobStore, S3Client, S3ManifestBackend
+
+    client = S3Client(s3Config(settings), reactor=reactor)
+    blobs = S3BlobStore(
+        client, uploadTTL=settings["upload-ttl"], partSize=settings["s3-part-size"] * 1024 * 1024
+    )
+    # Every node sweeps expired sessions: sweeping is idempotent.
+    sweeper = TimerService(blobs.expiryInterval, blobs.sweep)
+    sweeper.clock = reactor
+    sweeper.setServiceParent(top)
+
+    def onStop() -> None:
+        blobs.close()
+        client.close()
+
+    log.info(
+        "ociklein backend: s3, bucket: {bucket}, prefix: {prefix!r}, endpoint: {endpoint}",
+        bucket=settings["s3-bucket"],
+        prefix=settings["s3-prefix"],
+        endpoint=settings["s3-endpoint"] or "AWS",
+    )
+    return Registry(S3ManifestBackend(client), blobs, **_registryOptions(settings, reactor)), onStop
+
+
+def _registryOptions(settings: Mapping[str, Any], reactor: Any) -> dict[str, Any]:
+    """
+    The L{Registry} keyword arguments the options give.
+    """
+    return {
+        "maxManifestBytes": settings["max-manifest-bytes"],
+        "allowSparseManifests": bool(settings["allow-sparse-manifests"]),
+        "automaticMount": bool(settings["automatic-mount"]),
+        "access": accessControl(settings, reactor),
+        "readOnly": bool(settings.get("read-only")),
+    }
+
+
+def _switchArguments(settings: Mapping[str, Any]) -> list[str]:
+    """
+    The command-line flags that hand the spec's optional parts switched on
+    to a worker process.
+    """
+    return [f"--{key}" for key in _SWITCHES if settings.get(key)]
+
+
+def _addWorkers(
+    settings: dict[str, Any], reactor: Any, service: RegistryService, extra: int
+) -> WorkersService:
+    families = settings.get("families") or [shareableFamily(parseEndpoint(d)) for d in settings["listen"]]
+    backend = settings["backend"]
+    args = [
+        f"--backend={backend}",
+        *([f"--root={os.path.abspath(settings['root'])}"] if backend == "fs" else []),
+        *(f"--{key}={settings[key]}" for key in _S3_KEYS if backend == "s3"),
+        f"--max-manifest-bytes={settings['max-manifest-bytes']}",
+        f"--upload-ttl={settings['upload-ttl']}",
+        f"--access-log={'yes' if settings['access-log'] else 'no'}",
+        *_switchArguments(settings),
+        *(f"--{key}={os.path.abspath(settings[key])}" for key in _FILES[:-1] if settings.get(key)),
+        *(
+            f"--{key}={settings[key]}"
+            for key in ("token-realm", "token-issuer", "token-service")
+            if settings.get(key)
+        ),
+        *_limitArguments(settings),
+        f"--log-format={settings['log-format']}",
+        *(f"--trusted-proxy={network}" for network in settings["trusted-proxy"]),
+        *(f"--inherit={FIRST_INHERITED + i}:{family}" for i, family in enumerate(families)),
+    ]
+    assert all(family in FAMILIES for family in families)
+
+    def descriptors() -> list[int]:
+        return [port.fileno() for port in service.ports]  # type: ignore[attr-defined]
+
+    log.info("ociklein serving with {count} processes", count=extra + 1)
+    return WorkersService(reactor, extra, args, descriptors)

@@ -7,7 +7,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from typing import Any
+
+
+def exchange(port: int, raw: bytes, timeout: float = 10) -> bytes:
+    """
+    Send C{raw} bytes to 127.0.0.1:C{port}; everything received until the
+    server closes.  Blocking: run it in a thread.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(raw)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
 
 
 def digestOf(data: bytes, algorithm: str = "sha256") -> str:

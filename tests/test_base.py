@@ -5,12 +5,12 @@ The API root and errors for routes that do not exist.
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import pytest
 import pytest_twisted
 import treq
+from helpers import exchange
 from twisted.internet import threads
 
 
@@ -31,15 +31,6 @@ async def test_unknown_route_is_json(client: Any) -> None:
     assert json.loads(response.body)["errors"][0]["code"] == "NAME_UNKNOWN"
 
 
-def _exchange(port: int, raw: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(raw)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
 @pytest.mark.parametrize(
     "raw",
     [
@@ -52,7 +43,7 @@ def _exchange(port: int, raw: bytes) -> bytes:
 async def test_malformed_http_gets_one_json_answer(live: Any, raw: bytes) -> None:
     """A request twisted.web cannot parse gets a single JSON 400 and the connection closes."""
     port = int(live.base.rsplit(":", 1)[1])
-    received = await threads.deferToThread(_exchange, port, raw)
+    received = await threads.deferToThread(exchange, port, raw)
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ")
     assert b"Content-Type: application/json" in head

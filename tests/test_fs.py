@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.application.internet import TimerService
 from twisted.internet import defer, threads
 from twisted.internet.task import Clock
 
@@ -317,7 +318,7 @@ async def test_expireUploads(root: Path, store: FilesystemBlobStore, clock: Cloc
 
 @pytest_twisted.ensureDeferred
 async def test_periodicExpiry(store: FilesystemBlobStore, clock: Clock) -> None:
-    """Expiry runs periodically on the injected clock until close()."""
+    """A TimerService running sweep expires sessions every expiryInterval, from its start until its stop."""
     calls: list[float] = []
 
     def spy() -> defer.Deferred[list[str]]:
@@ -325,13 +326,17 @@ async def test_periodicExpiry(store: FilesystemBlobStore, clock: Clock) -> None:
         return defer.succeed([])
 
     store.expireUploads = spy  # type: ignore[method-assign]
+    assert clock.getDelayedCalls() == []  # the store alone schedules nothing
+    sweeper = TimerService(store.expiryInterval, store.sweep)
+    sweeper.clock = clock
+    sweeper.startService()
     clock.advance(TTL / 2)
     clock.advance(TTL / 2)
-    assert calls == [TTL / 2, TTL]
-    store.close()
+    assert calls == [0, TTL / 2, TTL]
+    await sweeper.stopService()
     assert clock.getDelayedCalls() == []
     clock.advance(TTL)
-    assert calls == [TTL / 2, TTL]
+    assert calls == [0, TTL / 2, TTL]
 
 
 # Crash leftovers and failures

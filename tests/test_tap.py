@@ -9,9 +9,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.python.usage import UsageError
 from zope.interface.verify import verifyObject
 
+from ociklein.registry import RegistryService
 from ociklein.tap import DEFAULTS, SECTION, Options, _switchArguments, makeService
 
 TAP_CFG = Path(__file__).resolve().parent.parent / "tap.cfg"
@@ -61,6 +63,8 @@ EXPECTED_DEFAULTS = {
     "max-connections": None,
     "header-timeout": 30.0,
     "idle-timeout": 60.0,
+    "log-format": "text",
+    "trusted-proxy": [],
 }
 
 
@@ -120,6 +124,8 @@ def test_config_file(tmp_path: Path) -> None:
             "max-connections": 500,
             "header-timeout": 5.0,
             "idle-timeout": 7.0,
+            "log-format": "text",
+            "trusted-proxy": [],
         }
 
 
@@ -143,15 +149,11 @@ def test_precedence(tmp_path: Path) -> None:
         "max-connections": None,
         "header-timeout": 30.0,
         "idle-timeout": 60.0,
+        "log-format": "text",
+        "trusted-proxy": [],
     }
     assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
     assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]
-
-
-def test_config_without_section(tmp_path: Path) -> None:
-    """A file without an [ociregistry] section leaves the defaults."""
-    path = writeConfig(tmp_path, "[other]\nbackend = fs\n")
-    assert values(parse("--config", path)) == EXPECTED_DEFAULTS
 
 
 _BAD: list[tuple[list[str], str | None, str]] = [
@@ -159,6 +161,8 @@ _BAD: list[tuple[list[str], str | None, str]] = [
     ([], f"[{SECTION}]\nconfig = other.cfg\n", "unknown key 'config'"),
     ([], f"[{SECTION}]\nmax_manifest_bytes = 1\n", "unknown key 'max_manifest_bytes'"),
     ([], "backend = fs\n", "bad config file"),
+    ([], "[ociregistr]\nbackend = fs\n", "no [ociregistry] section in config file"),
+    ([], "", "(found none)"),
     ([], f"[{SECTION}]\nbackend = fs\nbackend = memory\n", "bad config file"),
     (["--config", "/nonexistent/oci.cfg"], None, "cannot read config file /nonexistent/oci.cfg"),
     (["--backend=bogus"], None, "--backend must be memory, fs or s3, not 'bogus'"),
@@ -187,6 +191,17 @@ _BAD: list[tuple[list[str], str | None, str]] = [
     ([], f"[{SECTION}]\nlisten = tcp:5000 nope:1\n", "bad --listen 'nope:1'"),
     ([], f"[{SECTION}]\nlisten =\n", "--listen needs at least one endpoint"),
     ([], f"[{SECTION}]\nallow-sparse-manifests = perhaps\n", "--allow-sparse-manifests must be yes or no"),
+    (["--upload-ttl=inf"], None, "--upload-ttl must be finite"),
+    (["--max-manifest-bytes=0x10"], None, "--max-manifest-bytes must be a number"),
+    (["--root=/tmp"], None, "--root is for --backend=fs"),
+    ([], f"[{SECTION}]\nroot = /srv/x\n", "--root is for --backend=fs"),
+    (["--backend=fs", "--root="], None, "--root must name a directory"),
+    (["--backend=fs", "--root=/etc/hostname"], None, "/etc/hostname is not a directory"),
+    (["--backend=fs", "--root=/etc/hostname/sub"], None, "/etc/hostname is not a directory"),
+    (["--listen", "tcp:5000:interface=::1"], None, r"escape the colons of an IPv6 address"),
+    (["--log-format=xml"], None, "--log-format must be text or json, not 'xml'"),
+    (["--trusted-proxy=10.0.0.0/33"], None, "bad --trusted-proxy: '10.0.0.0/33' is not an address"),
+    ([], f"[{SECTION}]\ntrusted-proxy = 10.0.0.1 nope\n", "bad --trusted-proxy: 'nope'"),
 ]
 
 
@@ -200,6 +215,26 @@ def test_usage_errors(tmp_path: Path, args: list[str], config: str | None, messa
     text = str(raised.value)
     assert message in text
     assert "\n" not in text
+
+
+def test_ipv6_listen_escaped() -> None:
+    """An IPv6 interface is written with escaped colons, as docs/deploy.md shows, and listens there."""
+    options = parse("--listen", r"tcp6:0:interface=\:\:1")
+    service = makeService(options, reactor=reactor)
+    service.startService()
+    try:
+        [child] = [s for s in service if isinstance(s, RegistryService)]  # type: ignore[attr-defined]
+        [port] = child.ports
+        assert port.getHost().host == "::1"
+    finally:
+        service.stopService()
+
+
+def test_make_service_partial_mapping(tmp_path: Path) -> None:
+    """makeService fills in the defaults of every option a mapping leaves out."""
+    service = makeService({"backend": "fs", "root": str(tmp_path / "data"), "listen": ["tcp:0"]})
+    assert verifyObject(IService, service)
+    assert (tmp_path / "data" / "blobs").is_dir()
 
 
 def test_tap_cfg_parses_to_defaults() -> None:
@@ -236,14 +271,13 @@ def test_make_service_is_iservice() -> None:
 @pytest_twisted.ensureDeferred
 async def test_make_service_serves(tmp_path: Path, backend: str) -> None:
     """The service makeService builds listens on its endpoints, serves /v2/, and stops cleanly."""
-    options = parse(
-        "--listen", "tcp:0:interface=127.0.0.1", "--backend", backend, "--root", str(tmp_path / "data")
-    )
+    root = ["--root", str(tmp_path / "data")] if backend == "fs" else []
+    options = parse("--listen", "tcp:0:interface=127.0.0.1", "--backend", backend, *root)
     service = makeService(options, reactor=reactor)
     service.startService()
     try:
-        [child] = list(service)  # type: ignore[call-overload]
-        [port] = await child.listening.addTimeout(10, reactor)
+        [child] = [s for s in service if isinstance(s, RegistryService)]  # type: ignore[attr-defined]
+        [port] = child.ports
         response = await treq.get(f"http://127.0.0.1:{port.getHost().port}/v2/", persistent=False)
         assert response.code == 200
         assert json.loads(await treq.content(response)) == {}
@@ -266,7 +300,7 @@ def test_twistd_help_lists_plugin() -> None:
     ],
 )
 def test_twistd_usage_error(tmp_path: Path, argument: str, message: str) -> None:
-    """twistd ociregistry with a bad option exits non-zero with a one-line error and no traceback."""
+    """twistd ociregistry with a bad option exits non-zero with one line: no traceback, no --help."""
     result = subprocess.run(
         [TWISTD, "-n", "--pidfile=", "ociregistry", argument],
         capture_output=True,
@@ -274,12 +308,98 @@ def test_twistd_usage_error(tmp_path: Path, argument: str, message: str) -> None
         timeout=60,
         cwd=tmp_path,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if message in line]
-    assert len(errors) == 1, output
-    assert output.strip().splitlines()[-1] == errors[0]
+    assert result.returncode != 0
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("twistd ociregistry: ") and message in line, line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--backend=fs", "--root=/etc/hostname"],
+        ["--config=CFG"],
+        ["--upload-ttl=inf"],
+        ["--backend=memory", "--root=/tmp/x"],
+        ["--listen=tcp:5000:interface=::1"],
+    ],
+)
+@pytest.mark.parametrize("command", ["twistd", "twist"])
+def test_config_mistakes_are_one_line(tmp_path: Path, command: str, args: list[str]) -> None:
+    """Each mistake of the issue's list, under twistd and twist: one line, non-zero exit, nothing started."""
+    cfg = writeConfig(tmp_path, "[ociregistr]\nbackend = fs\n")
+    args = [a.replace("CFG", cfg) for a in args]
+    prefix = [TWISTD, "-n", "--pidfile="] if command == "twistd" else [sys.executable, "-m", "twisted"]
+    result = subprocess.run([*prefix, "ociregistry", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    [line] = (result.stdout + result.stderr).splitlines()
+    assert line.startswith(f"{command} ociregistry: "), line
+
+
+def test_version() -> None:
+    """twistd ociregistry --version prints ociklein's version and exits 0."""
+    from ociklein import __version__
+
+    result = subprocess.run([TWISTD, "ociregistry", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"ociklein {__version__}\n"
+
+
+@pytest.fixture
+def takenPort() -> Iterator[int]:
+    """A port of 127.0.0.1 another socket listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_listen_failure_foreground(tmp_path: Path, takenPort: int, workers: int) -> None:
+    """twistd -n on a port in use exits non-zero at once with one line on stderr and the reason in the log."""
+    args = ["--backend=fs", f"--root={tmp_path / 'r'}", f"--workers={workers}"]
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "ociregistry", f"--listen=tcp:{takenPort}:interface=127.0.0.1", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    expected = f"cannot listen on tcp:{takenPort}:interface=127.0.0.1: Address already in use"
+    assert result.stderr == f"twistd ociregistry: {expected}\n"
+    assert expected in result.stdout
+    assert "Traceback" not in result.stdout
+
+
+def test_listen_failure_daemon(tmp_path: Path, takenPort: int) -> None:
+    """A daemonizing twistd on a port in use exits non-zero, naming the failure, and leaves no daemon."""
+    pidfile = tmp_path / "twistd.pid"
+    listen = f"tcp:{takenPort}:interface=127.0.0.1"
+    result = subprocess.run(
+        [TWISTD, f"--pidfile={pidfile}", f"--logfile={tmp_path / 'log'}", "ociregistry", "--listen", listen],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "cannot listen on tcp:" in result.stderr
+    assert "Address already in use" in (tmp_path / "log").read_text()
+    assert not pidfile.exists()
+
+
+@pytest.mark.parametrize("port", ["TAKEN", "99999"])
+def test_listen_failure_twist(takenPort: int, port: str) -> None:
+    """twist ociregistry on a port in use or out of range exits non-zero with one line."""
+    port = port.replace("TAKEN", str(takenPort))
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted", "ociregistry", f"--listen=tcp:{port}:interface=127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    assert f"cannot listen on tcp:{port}:interface=127.0.0.1: " in line
 
 
 @pytest_twisted.ensureDeferred
@@ -299,6 +419,26 @@ async def test_twistd_end_to_end(twistdRegistry: Callable[..., Any]) -> None:
     assert "ociklein backend: memory" in log
     assert f"ociklein listening on tcp:{server.port}:interface=127.0.0.1 ({server.address})" in log
     assert "Traceback" not in log
+    assert "Starting factory" not in log
+    [access] = [line for line in log.splitlines() if "ociklein.access" in line]
+    assert re.fullmatch(
+        r'\S+Z \[ociklein\.access\] 127\.0\.0\.1 - "GET /v2/ HTTP/1\.1" 200 2 [\d.]+ "[^"]*" \w+', access
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_json_log(twistdRegistry: Callable[..., Any]) -> None:
+    """With --log-format json, every line twistd writes is one JSON object; the access line has its fields."""
+    server = twistdRegistry("--log-format=json", "--trusted-proxy=127.0.0.1")
+    headers = {"X-Forwarded-For": "203.0.113.5", "X-Request-Id": "req-1"}
+    response = await treq.get(f"{server.url}/v2/", headers=headers, persistent=False).addTimeout(10, reactor)
+    await treq.content(response)
+    server.stop()
+    events = [json.loads(line) for line in server.logPath.read_text().splitlines()]
+    [access] = [e for e in events if e["logger"] == "ociklein.access"]
+    assert access["client"] == "203.0.113.5"
+    assert access["request_id"] == "req-1"
+    assert (access["method"], access["path"], access["status"]) == ("GET", "/v2/", 200)
 
 
 @pytest.mark.parametrize(("given", "expected"), [("yes", True), ("on", True), ("NO", False), ("0", False)])
@@ -354,7 +494,9 @@ def test_limits_reach_the_site() -> None:
     assert options["max-connections"] == 77
     assert parse("--max-connections=auto")["max-connections"] is None
     service = makeService(options, reactor=reactor)
-    [listening] = list(service)  # type: ignore[call-overload]
-    assert listening._limits.maxConnections == 77  # type: ignore[attr-defined]
-    assert listening._limits.headerTimeout == 5.0  # type: ignore[attr-defined]
-    assert listening._limits.idleTimeout == 60.0  # type: ignore[attr-defined]
+    [registry] = [s for s in service if isinstance(s, RegistryService)]  # type: ignore[attr-defined]
+    [listening] = list(registry)
+    limits = listening.factory.wrappedFactory.guard.limits
+    assert limits.maxConnections == 77
+    assert limits.headerTimeout == 5.0
+    assert limits.idleTimeout == 60.0

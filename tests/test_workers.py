@@ -1,7 +1,8 @@
 """
-Several processes on one fs root and one port (--workers): connections are
-spread across them, uploads move between them, and the workers live and die
-with the process twistd started.
+Several processes on one fs root and one port (--workers): the parent binds
+the port once and hands it to its workers, connections are spread across
+them, uploads move between them, no stranger can join the port, and the
+workers live and die with the process twistd started.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import http.client
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,17 +70,30 @@ def _workersListening(server: TwistdRegistry, count: int) -> bool:
     return server.logPath.read_text().count("ociklein listening on") >= count
 
 
+def _accessLines(server: TwistdRegistry, tag: str) -> int:
+    return server.logPath.read_text().count(f"[{tag}ociklein.access]")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--workers=2"], "--workers above 1 needs --backend=fs"),
-        (["--workers=2", "--backend=fs", "--listen", "unix:/tmp/x.sock"], "needs tcp: endpoints"),
+        (["--workers=2", "--backend=fs", "--listen", "ssl:0:privateKey=KEY"], "needs tcp:, tcp6: or unix:"),
         (["--workers=0"], "--workers must be positive"),
         (["--workers=two"], "--workers must be a number"),
     ],
 )
-def test_workers_usage_errors(args: list[str], message: str) -> None:
-    """--workers needs the fs backend, TCP endpoints and a positive count."""
+def test_workers_usage_errors(args: list[str], message: str, tmp_path: Path) -> None:
+    """--workers needs the fs backend, endpoints whose socket can be handed over, and a positive count."""
+    key = tmp_path / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x"]
+    subprocess.run(
+        [*request, "-keyout", str(key), "-out", str(key.with_suffix(".crt"))],
+        check=True,
+        capture_output=True,
+    )
+    key.write_bytes(key.read_bytes() + key.with_suffix(".crt").read_bytes())
+    args = [a.replace("KEY", str(key)) for a in args]
     with pytest.raises(usage.UsageError, match=message):
         Options().parseOptions(args)
 
@@ -103,6 +118,29 @@ def test_workers_share_port_and_root(twistdRegistry: Callable[..., TwistdRegistr
     for _ in range(40):
         status, _, body = _request(server.port, "GET", f"/v2/shared/blobs/{digest}")
         assert status == 200 and body == b"".join(chunks)
+    # Both processes served: each logged access lines of its own, once.
+    assert _waitFor(lambda: _accessLines(server, "") + _accessLines(server, "worker 1 ") == 54)
+    assert _accessLines(server, "worker 1 ") > 0
+    assert _accessLines(server, "") > 0
+
+
+def test_second_instance_cannot_join_the_port(
+    twistdRegistry: Callable[..., TwistdRegistry], tmp_path: Path
+) -> None:
+    """A second registry with workers on a port already served exits non-zero, with one line, at once."""
+    server = twistdRegistry("--backend=fs", f"--root={tmp_path / 'one'}", "--workers=2")
+    assert _waitFor(lambda: _workersListening(server, 2))
+    listen = f"tcp:{server.port}:interface=127.0.0.1"
+    result = subprocess.run(
+        [*server.command("--listen", listen, "--workers=2"), "--backend=fs", f"--root={tmp_path / 'two'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    [line] = result.stderr.splitlines()
+    assert line.startswith("twistd ociregistry: cannot listen on tcp:"), line
 
 
 def test_workers_stop_with_their_parent(

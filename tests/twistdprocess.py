@@ -18,6 +18,15 @@ _ACCESS = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status
 _READY = b"ociklein listening on"
 
 
+def twistdCommand() -> str:
+    """
+    The twistd beside this interpreter first: a virtualenv's own copy, even
+    when its bin/ is not on PATH.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "twistd")
+    return beside if os.path.exists(beside) else shutil.which("twistd") or "twistd"
+
+
 def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,6 +46,13 @@ class TwistdRegistry:
         self.tls = tls
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.twistd = twistdCommand()
+
+    def command(self, *args: str) -> list[str]:
+        """
+        The command line of C{twistd -n ociregistry ARGS}.
+        """
+        return [self.twistd, "-n", "--pidfile=", "ociregistry", *args]
 
     @property
     def address(self) -> str:
@@ -51,17 +67,13 @@ class TwistdRegistry:
         Start and wait until it listens; a port taken by someone else
         between choosing and binding it is retried.
         """
-        # The twistd beside this interpreter first: a virtualenv's own copy,
-        # even when its bin/ is not on PATH.
-        beside = os.path.join(os.path.dirname(sys.executable), "twistd")
-        twistd = beside if os.path.exists(beside) else shutil.which("twistd") or "twistd"
         for _ in range(3):
             self.port = freePort()
             listen = f"tcp:{self.port}:interface=127.0.0.1"
             if self.tls is not None:
                 key, cert = self.tls
                 listen = f"ssl:{self.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
-            command = [twistd, "-n", "--pidfile=", "ociregistry", "--listen", listen, *self.args]
+            command = self.command("--listen", listen, *self.args)
             logged = self.logPath.stat().st_size if self.logPath.exists() else 0
             with open(self.logPath, "ab") as log:
                 self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -47,3 +47,4 @@ class RefuseTLSFactory(WrappingFactory):
     """
 
     protocol = _RefuseTLS
+    noisy = False  # no "Starting factory" line per listening port

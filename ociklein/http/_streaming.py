@@ -9,6 +9,10 @@ uploads go straight into the store as they arrive.
 
 from __future__ import annotations
 
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from typing import Any
 
@@ -27,6 +31,8 @@ from ociklein.errors import OCIError
 from ociklein.http._limits import ConnectionGuard, Deadline, Limits
 
 _BODY_METHODS = frozenset({b"PUT", b"PATCH", b"POST"})
+# An incoming X-Request-Id is kept when it is this tame; else a new one is made.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 class StreamingRequest(server.Request):
@@ -37,6 +43,29 @@ class StreamingRequest(server.Request):
 
     _pipe: BodyPipe | None = None
     _started = False
+
+    # Who made the request, for the access log: set by access control.
+    ociklein_user = "-"
+    ociklein_request_id = "-"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ociklein_started = time.monotonic()
+
+    def process(self) -> None:
+        """
+        Give the request its id before any handler sees it: the client's
+        C{X-Request-Id} when it sent a sane one, else a new one; either way
+        echoed in the response.
+        """
+        given = self.requestHeaders.getRawHeaders(b"x-request-id")
+        if given and _REQUEST_ID.fullmatch(given[0]):
+            requestId = given[0]
+        else:
+            requestId = os.urandom(8).hex().encode()
+        self.ociklein_request_id = requestId.decode()
+        self.responseHeaders.setRawHeaders(b"x-request-id", [requestId])
+        super().process()
 
     def _clock(self) -> IReactorTime:
         site = getattr(self.channel, "site", None)
@@ -262,27 +291,34 @@ class _HalfCloseableHTTP(http._GenericHTTPChannelProtocol):  # type: ignore[misc
         self._channel.writeConnectionLost()
 
 
+RequestObserver = Callable[[Any], None]
+
+
 class _Site(server.Site):
-    accessLog = True
+    noisy = False  # no "Starting factory" line per listening port
+    finished: tuple[RequestObserver, ...] = ()
     guard: ConnectionGuard
 
     def protocol(self) -> Any:  # type: ignore[override]
         return _HalfCloseableHTTP(_Channel())
 
     def log(self, request: Any) -> None:
-        # Under twistd each access log line is a log event formatted by its
-        # observer: about a quarter of the reactor's time on a manifest GET.
-        if self.accessLog:
-            super().log(request)
+        # Called by twisted.web once a request is answered: instead of its
+        # combined log line, hand the request to each observer.
+        for observer in self.finished:
+            observer(request)
 
 
 def makeSite(
-    resource: IResource, reactor: Any = None, accessLog: bool = True, limits: Limits | None = None
+    resource: IResource,
+    reactor: Any = None,
+    finished: Iterable[RequestObserver] = (),
+    limits: Limits | None = None,
 ) -> server.Site:
     """
     A L{server.Site} that streams request bodies into the registry, keeps
-    its clients within C{limits}, and logs one line per request unless
-    C{accessLog} is false.
+    its clients within C{limits}, and calls each of C{finished} with every
+    request it has answered (the access log, the metrics).
     """
     limits = limits or Limits()
     site = _Site(
@@ -293,6 +329,6 @@ def makeSite(
         timeout=limits.idleTimeout,
     )
     site.displayTracebacks = False
-    site.accessLog = accessLog
+    site.finished = tuple(finished)
     site.guard = ConnectionGuard(limits, site.reactor)
     return site

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -538,17 +537,20 @@ class FilesystemBlobStore:
         # Startup happens before serving, so this work may block.
         cleanTmp(self._root)
         _sweepUploads(self._root, self._clock.seconds(), self._ttl)
-        self._sweeper = LoopingCall(self._sweep)
-        self._sweeper.clock = self._clock
-        self._sweeper.start(max(1.0, min(uploadTTL / 2, 3600.0)), now=False)
+
+    @property
+    def expiryInterval(self) -> float:
+        """
+        How often L{sweep} should run: often enough that a session outlives
+        its TTL by at most half of it, and at least hourly.
+        """
+        return max(1.0, min(self._ttl / 2, 3600.0))
 
     def close(self) -> None:
         """
-        Stop the periodic expiry and release open session files; the
-        sessions stay on disk for the next process.
+        Release open session files; the sessions stay on disk for the next
+        process.
         """
-        if self._sweeper.running:
-            self._sweeper.stop()
         for upload in list(self._uploads.values()):
             upload._release()
 
@@ -566,7 +568,13 @@ class FilesystemBlobStore:
                 upload._release()
         return removed
 
-    def _sweep(self) -> Deferred[None]:
+    def sweep(self) -> Deferred[None]:
+        """
+        L{expireUploads}, with a failure logged rather than raised: what a
+        L{twisted.application.internet.TimerService} runs every
+        L{expiryInterval} seconds.
+        """
+
         def logged(failure: Any) -> None:
             _log.failure("Expiring upload sessions failed", failure)
 

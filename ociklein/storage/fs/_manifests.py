@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from ociklein.interfaces import IManifestMaintenance, ITaggedManifestBackend, StoredItem
 from ociklein.storage._threads import inThread, resolveReactor
+from ociklein.storage.fs._cache import FileCache
 from ociklein.storage.fs._commit import GroupCommitter, Put
 from ociklein.storage.fs._durable import fsyncDir, removeDurably
 from ociklein.storage.fs._listing import SortedListings
@@ -64,10 +65,13 @@ def _readHeader(data: bytes) -> tuple[str, str | None, int]:
 
 def _readTag(path: str) -> str | None:
     try:
-        with open(path, "rb") as f:
-            text = f.read(256).decode("ascii", "replace").strip()
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    try:
+        text = os.read(fd, 256).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
     return text if isDigest(text) else None
 
 
@@ -219,6 +223,7 @@ class FilesystemManifestBackend:
         self._reactor = resolveReactor(reactor)
         self._listings = SortedListings()
         self._committer = GroupCommitter(self._root, self._reactor)
+        self._cache = FileCache()
 
     def _paths(self, repository: str) -> _Paths:
         return _Paths(self._root, checkRepository(repository))
@@ -227,10 +232,12 @@ class FilesystemManifestBackend:
         return maybeDeferred(self._getManifest, repository, digest)
 
     def _getManifest(self, repository: str, digest: str) -> tuple[str, bytes] | None:
-        path = self._paths(repository).manifest(checkDigest(digest))
+        key = (repository, digest)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            # A key in the cache was checked when its file was first read.
+            data = self._cache.get(key)
+            if data is None:
+                data = self._cache.read(key, self._paths(repository).manifest(checkDigest(digest)))
         except FileNotFoundError:
             return None
         mediaType, _, offset = _readHeader(data)

@@ -16,7 +16,6 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -125,16 +124,19 @@ class S3BlobStore:
         # Sessions this node wrote last, with their tail and running hash;
         # bounded, since each holds up to a part in memory.
         self._sessions: OrderedDict[str, S3Upload] = OrderedDict()
-        self._sweeper = LoopingCall(self._sweep)
-        self._sweeper.clock = self._clock
-        self._sweeper.start(max(1.0, min(uploadTTL / 2, 3600.0)), now=False)
+
+    @property
+    def expiryInterval(self) -> float:
+        """
+        How often L{sweep} should run: often enough that a session outlives
+        its TTL by at most half of it, and at least hourly.
+        """
+        return max(1.0, min(self._ttl / 2, 3600.0))
 
     def close(self) -> None:
         """
-        Stop the periodic expiry; sessions stay in the bucket.
+        Forget the sessions held in memory; they stay in the bucket.
         """
-        if self._sweeper.running:
-            self._sweeper.stop()
         self._sessions.clear()
 
     # -- blobs --------------------------------------------------------------
@@ -346,7 +348,13 @@ class S3BlobStore:
                     )
         return removed
 
-    def _sweep(self) -> Deferred[None]:
+    def sweep(self) -> Deferred[None]:
+        """
+        L{expireUploads}, with a failure logged rather than raised: what a
+        L{twisted.application.internet.TimerService} runs every
+        L{expiryInterval} seconds (on every node: sweeping is idempotent).
+        """
+
         def logged(failure: Any) -> None:
             _log.failure("Expiring upload sessions failed", failure)
 
