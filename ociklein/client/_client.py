@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlencode
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.iweb import IResponse
 
@@ -107,6 +108,10 @@ class RegistryClient:
     @param caFile: a PEM file of the certificates to trust for this registry.
     @param chunkSize: blobs up to this size are pushed in one request,
         bigger ones in chunks of it (each resumable).
+    @param retries: how many times an idempotent request is tried again
+        after a connection failure, a 429 or a 5xx, waiting C{backoff}
+        seconds, then twice that, and so on (or as C{Retry-After} says).
+    @param clock: what token lifetimes are measured on (the reactor).
     """
 
     def __init__(
@@ -118,9 +123,11 @@ class RegistryClient:
         tlsVerify: bool = True,
         caFile: str | None = None,
         retries: int = 4,
+        backoff: float = 0.25,
         timeout: float = 60.0,
         connections: int = 8,
         chunkSize: int = DEFAULT_CHUNK_SIZE,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.transport = Transport(
             url,
@@ -129,8 +136,10 @@ class RegistryClient:
             tlsVerify=tlsVerify,
             caFile=caFile,
             retries=retries,
+            backoff=backoff,
             timeout=timeout,
             connections=connections,
+            clock=clock,
         )
         self.chunkSize = chunkSize
 

@@ -156,7 +156,11 @@ class Transport:
         if not self.host:
             raise ValueError(f"{registry!r} names no registry host")
         self._scheme: str | None = parts.scheme or None
-        self._fallback = not tlsVerify or isLoopback(parts.hostname or "")
+        loopback = isLoopback(parts.hostname or "")
+        self._fallback = not tlsVerify or loopback
+        # A plain-HTTP server may never answer a TLS ClientHello: the HTTPS
+        # probe gives up after this long (a loopback handshake is instant).
+        self._probeTimeout = min(timeout, 3.0 if loopback else 10.0)
         self.credentials = credentials
         self.retries = retries
         self.backoff = backoff
@@ -196,7 +200,9 @@ class Transport:
 
     async def _probe(self) -> str:
         try:
-            response = await self._send("GET", f"https://{self.host}/v2/", {}, None)
+            response = await self._send(
+                "GET", f"https://{self.host}/v2/", {}, None, deadline=self._probeTimeout
+            )
         except RegistryError as e:
             if self._fallback and "certificate" not in e.message.lower():
                 return "http"
@@ -219,6 +225,7 @@ class Transport:
         headers: dict[str, str],
         body: Callable[[], Any] | None,
         redirects: bool = True,
+        deadline: float | None = None,
     ) -> IResponse:
         d = self._http.request(
             method,
@@ -228,7 +235,7 @@ class Transport:
             unbuffered=True,
             allow_redirects=redirects,
         )
-        d.addTimeout(self.timeout, self.reactor)
+        d.addTimeout(deadline or self.timeout, self.reactor)
         try:
             return await d
         except NETWORK_ERRORS as e:

@@ -22,13 +22,17 @@ from twisted.protocols import portforward
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from ociklein.http._plainhttp import RefuseTLSFactory
+
 
 async def listen(resource: IResource) -> IListeningPort:
     """
     Serve C{resource} on a free port of 127.0.0.1 (stop it with stopListening).
     """
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-    return await endpoint.listen(Site(resource))
+    # Like ociklein's own listeners, refuse a TLS ClientHello at once, so
+    # that a client probing HTTPS falls back to HTTP without waiting.
+    return await endpoint.listen(RefuseTLSFactory(Site(resource)))
 
 
 # -- a token service ---------------------------------------------------------------

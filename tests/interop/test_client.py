@@ -78,7 +78,7 @@ def artifactFor(subject: Image) -> Image:
 
 @pytest_twisted.ensureDeferred
 async def test_referrers_found_and_copied(target: Any, tmp_path: Path) -> None:
-    """An artifact pushed with a subject is listed as a referrer (filtered by artifactType) and copied with --referrers."""
+    """An artifact with a subject is a referrer (filtered by artifactType), copied with referrers=True."""
     image = makeImage()
     artifact = artifactFor(image)
     await push(
@@ -150,13 +150,15 @@ async def test_listings_follow_link_pages(target: Any, tmp_path: Path) -> None:
         assert "client/pages" in await client.catalog(pageSize=1)
     if hasattr(target, "requests"):
         # Distribution 2.8 ignores n for tags; ociklein pages them.
-        pages = [path for method, path, _ in target.requests() if path.startswith("/v2/client/pages/tags/list")]
+        pages = [
+            path for method, path, _ in target.requests() if path.startswith("/v2/client/pages/tags/list")
+        ]
         assert len(pages) >= 3, pages
 
 
 @pytest_twisted.ensureDeferred
 async def test_delete_by_tag_and_errors_are_oci_codes(target: Any, tmp_path: Path) -> None:
-    """rm by tag removes the manifest (resolving the tag where a registry needs a digest); a missing one is MANIFEST_UNKNOWN."""
+    """Deleting by tag removes the manifest (even from Distribution); a missing one is MANIFEST_UNKNOWN."""
     image = makeImage(layers=1)
     await push(writeLayout(tmp_path / "in", image, "v1"), f"{target.address}/client/rm:v1", reactor=reactor)
     async with RegistryClient(target.address, reactor=reactor) as client:
