@@ -201,11 +201,16 @@ async def startUpload(transport: Transport, repository: str) -> str:
 
 async def _uploadStatus(transport: Transport, repository: str, location: str) -> tuple[str, int]:
     """
-    Where an upload session stands: its location and how many bytes it holds.
+    Where an upload session stands: its location and how many bytes it
+    holds.  A session the registry cannot go on with (Distribution's,
+    after a partial chunk) is replaced by a new one, from byte 0.
     """
     response = await transport.request("GET", location, scopes=(f"repository:{repository}:pull,push",))
     if response.code != 204:
-        raise await raiseFor(response)
+        error = await raiseFor(response)
+        if error.code not in ("BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"):
+            raise error
+        return await startUpload(transport, repository), 0
     match = _RANGE.search(_header(response, "Range") or "")
     location = _header(response, "Location") or location
     await drain(response)
@@ -275,12 +280,15 @@ async def upload(
             if e.code != "CONNECTION_FAILED" or resumes >= MAX_RESUMES:
                 raise
             resumes += 1
+            await transport.pause(resumes)
             location, offset = await _uploadStatus(transport, repository, location)
             continue
-        if response.code == 416 and resumes < MAX_RESUMES:
-            # The registry holds other bytes than we thought: ask it.
+        if (response.code == 416 or response.code >= 500) and resumes < MAX_RESUMES:
+            # The registry holds other bytes than we thought, or is still
+            # busy with the broken request: wait a little, then ask it.
             await drain(response)
             resumes += 1
+            await transport.pause(resumes)
             location, offset = await _uploadStatus(transport, repository, location)
             continue
         if response.code != 202:

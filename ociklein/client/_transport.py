@@ -275,7 +275,7 @@ class Transport:
                 if not idempotent or attempt >= self.retries:
                     raise
                 attempt += 1
-                await self._pause(attempt, None)
+                await self.pause(attempt, None)
                 continue
             if response.code == 401 and not authenticated:
                 challenges = response.headers.getRawHeaders("WWW-Authenticate") or []
@@ -288,11 +288,15 @@ class Transport:
                 retryAfter = _header(response, "Retry-After")
                 await drain(response)
                 attempt += 1
-                await self._pause(attempt, retryAfter)
+                await self.pause(attempt, retryAfter)
                 continue
             return response
 
-    async def _pause(self, attempt: int, retryAfter: str | None) -> None:
+    async def pause(self, attempt: int, retryAfter: str | None = None) -> None:
+        """
+        Wait before try C{attempt + 1}: C{backoff} doubled each time, or as
+        long as C{Retry-After} asks (up to 30 s).
+        """
         delay = self.backoff * 2 ** (attempt - 1)
         if retryAfter is not None and retryAfter.isdigit():
             delay = max(delay, min(float(retryAfter), 30.0))
