@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ociklein.client._files import replaceFile
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -92,17 +93,7 @@ def _save(path: Path, document: dict[str, Any]) -> None:
     Replace C{path} atomically, readable by its owner only.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".auth-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent="\t")
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    replaceFile(path, json.dumps(document, indent="\t").encode() + b"\n", mode=0o600)
 
 
 def storeCredentials(registry: str, user: str, password: str, env: Mapping[str, str] | None = None) -> Path:

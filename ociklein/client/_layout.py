@@ -16,36 +16,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from ociklein.client._errors import RegistryError
+from ociklein.client._files import fsyncDirectory, replaceFile
 from ociklein.manifests import OCI_INDEX
 from ociklein.names import isDigestShaped, isSupportedDigest
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _LAYOUT_FILE = {"imageLayoutVersion": "1.0.0"}
-
-
-def _fsyncDirectory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace(path: Path, content: bytes) -> None:
-    """
-    Write C{path} whole or not at all, durably.
-    """
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    _fsyncDirectory(path.parent)
 
 
 class ImageLayout:
@@ -65,7 +41,7 @@ class ImageLayout:
         """
         (self.path / "blobs").mkdir(parents=True, exist_ok=True)
         if not (self.path / "oci-layout").exists():
-            _replace(self.path / "oci-layout", json.dumps(_LAYOUT_FILE).encode())
+            replaceFile(self.path / "oci-layout", json.dumps(_LAYOUT_FILE).encode())
         if not (self.path / "index.json").exists():
             self._writeIndex({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
 
@@ -86,7 +62,7 @@ class ImageLayout:
         return document
 
     def _writeIndex(self, document: dict[str, Any]) -> None:
-        _replace(self.path / "index.json", json.dumps(document, indent=None).encode())
+        replaceFile(self.path / "index.json", json.dumps(document, indent=None).encode())
 
     def tags(self) -> list[str]:
         return [
@@ -155,7 +131,7 @@ class ImageLayout:
         f.flush()
         os.fsync(f.fileno())
         os.replace(f.name, self.blobPath(digest))
-        _fsyncDirectory(self.blobPath(digest).parent)
+        fsyncDirectory(self.blobPath(digest).parent)
 
     def discard(self, f: IO[bytes]) -> None:
         f.close()
@@ -171,7 +147,7 @@ class ImageLayout:
         path = self.blobPath(digest)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _replace(path, content)
+            replaceFile(path, content)
 
     def addManifest(self, descriptor: dict[str, Any], tag: str | None) -> None:
         """

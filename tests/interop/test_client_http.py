@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from clienthelpers import CuttingProxy, TokenGate
-from interophelpers import RunningRegistry, startRegistry, stopRegistry
+from interophelpers import RunningRegistry, selfSignedCertificate, startRegistry, stopRegistry
 from ocilayout import makeImage, sha256, writeLayout
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -185,18 +183,7 @@ def tlsRegistry(tmp_path: Path) -> Iterator[tuple[RunningRegistry, Path]]:
     """
     ociklein on TLS only, with a fresh self-signed certificate.
     """
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is needed to make a certificate")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    key, cert = selfSignedCertificate(tmp_path)
     running = startRegistry("memory", tmp_path, tls=(key, cert))
     yield running, cert
     stopRegistry(running)
