@@ -14,7 +14,7 @@ from collections.abc import Sequence
 # The modules that add verbs: each has C{register(subparsers)}, which adds
 # its subcommands with C{set_defaults(run=function)}; C{function(args)}
 # returns the exit status.
-FAMILIES: tuple[str, ...] = ("ociklein.cli._maintenance",)
+FAMILIES: tuple[str, ...] = ("ociklein.cli._client", "ociklein.cli._maintenance")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -71,3 +71,23 @@ def pushWithSkopeo(server: RunningRegistry, layout: Path, tag: str, repository: 
     reference = f"docker://{server.address}/{repository}:{tag}"
     skopeo("copy", "--dest-tls-verify=false", *flags, f"oci:{layout}:{tag}", reference)
     return reference
+
+
+def selfSignedCertificate(directory: Path) -> tuple[Path, Path]:
+    """
+    A fresh key and self-signed certificate for 127.0.0.1 in C{directory}:
+    (key.pem, cert.pem); skips the test without openssl.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a certificate")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return key, cert

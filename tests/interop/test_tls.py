@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from interophelpers import RunningRegistry, skopeo, startRegistry, stopRegistry
+from interophelpers import RunningRegistry, selfSignedCertificate, skopeo, startRegistry, stopRegistry
 from ocilayout import makeImage, writeLayout
 
 pytest.importorskip("OpenSSL", reason="TLS listeners need twisted[tls]")
@@ -24,18 +23,7 @@ def tlsServer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
     """
     A registry on TLS only, and a directory holding its certificate as C{ca.crt}.
     """
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is needed to make a certificate")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    key, cert = selfSignedCertificate(tmp_path)
     certs = tmp_path / "certs"
     certs.mkdir()
     shutil.copy(cert, certs / "ca.crt")

@@ -1,0 +1,45 @@
+"""
+Running the C{ociklein} command as a user would: a subprocess with its own
+HOME and XDG directories (never the real ones), with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+COMMAND_TIMEOUT = 120
+
+
+def userEnvironment(home: Path) -> dict[str, str]:
+    """
+    The environment of a user whose home, runtime and config directories
+    are under C{home}, with no auth file of the caller's.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG")}
+    for name, sub in [("HOME", "home"), ("XDG_RUNTIME_DIR", "run"), ("XDG_CONFIG_HOME", "config")]:
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        env[name] = str(home / sub)
+    return env
+
+
+def ociklein(
+    env: dict[str, str], *args: str, input: bytes | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """
+    C{ociklein ARGS...}; its exit status, standard output and error as text.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "ociklein.cli", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+        cwd=cwd,
+    )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
