@@ -61,12 +61,14 @@ DEFAULTS: dict[str, Any] = {
     "max-connections": "auto",
     "header-timeout": DEFAULT_HEADER_TIMEOUT,
     "idle-timeout": DEFAULT_IDLE_TIMEOUT,
-    # Operations: logs.
+    # Operations: logs, health, metrics.
     "log-format": "text",
     "trusted-proxy": [],
+    "admin-listen": [],
+    "metrics": True,
 }
 # Keys holding several values: repeated options, whitespace-separated in the file.
-_LISTS = frozenset({"listen", "trusted-proxy"})
+_LISTS = frozenset({"listen", "trusted-proxy", "admin-listen"})
 _SWITCHES = ("allow-sparse-manifests", "automatic-mount", "read-only")
 _FILES = ("htpasswd", "access", "token-key", "token-public-key", "token-realm")
 _CONVERT = {
@@ -148,8 +150,9 @@ class Options(usage.Options):
         ["token-issuer", None, None, "Issuer (iss) of the tokens. [default: ociklein]"],
         ["token-service", None, None, "Service (aud) of the tokens. [default: ociklein]"],
         ["token-public-key", None, None, "PEM public key or certificate of an external token service."],
-        # Operations: logs.
+        # Operations: logs, health, metrics.
         ["log-format", None, None, "Log lines as text or json. [default: text]"],
+        ["metrics", None, None, "Serve Prometheus metrics at /metrics: yes or no. [default: yes]"],
         # Internal: set by the process that starts workers.
         ["worker", None, None, "(internal) Serve as worker N of another ociregistry process."],
     ]
@@ -158,12 +161,18 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["trusted-proxy"] = []
+        self["admin-listen"] = []
         self["inherit"] = []
 
     optFlags = [
         ["allow-sparse-manifests", None, "Accept manifests naming blobs or manifests the repository lacks."],
         ["automatic-mount", None, "Mount a blob named without from= from any repository it is in."],
         ["read-only", None, "Refuse every write (POST, PATCH, PUT, DELETE) with 405."],
+        [
+            "operations-elsewhere",
+            None,
+            "(internal) No health or metrics here: the parent has --admin-listen.",
+        ],
     ]
 
     def opt_listen(self, description: str) -> None:
@@ -178,6 +187,13 @@ class Options(usage.Options):
         Forwarded headers name the client in the access log; repeatable.
         """
         self["trusted-proxy"].append(network)
+
+    def opt_admin_listen(self, description: str) -> None:
+        """
+        An endpoint string for /livez, /readyz and /metrics alone, which
+        the registry's ports then no longer answer; repeatable.
+        """
+        self["admin-listen"].append(description)
 
     def opt_inherit(self, socket: str) -> None:
         """
@@ -313,6 +329,12 @@ class Options(usage.Options):
             parseNetworks(self["trusted-proxy"])
         except ValueError as e:
             raise usage.UsageError(f"bad --trusted-proxy: {e}") from None
+        self["metrics"] = _flag("metrics", self["metrics"])
+        for description in self["admin-listen"]:
+            try:
+                parseEndpoint(description)
+            except ValueError as e:
+                raise usage.UsageError(f"bad --admin-listen {description!r}: {e}") from None
 
 
 def _maxConnections(value: Any) -> int | None:
@@ -430,6 +452,8 @@ def makeService(options: Mapping[str, Any], reactor: IReactorCore | None = None)
         accessLog=settings["access-log"],
         trustedProxies=settings["trusted-proxy"],
         limits=_limits(settings),
+        metrics=settings["metrics"],
+        adminListen=None if settings.get("operations-elsewhere") else settings["admin-listen"],
     )
     service.setServiceParent(top)
     extra = 0 if worker else settings["workers"] - 1
@@ -501,6 +525,8 @@ def _addWorkers(
         ),
         *_limitArguments(settings),
         f"--log-format={settings['log-format']}",
+        f"--metrics={'yes' if settings['metrics'] else 'no'}",
+        *(["--operations-elsewhere"] if settings["admin-listen"] else []),
         *(f"--trusted-proxy={network}" for network in settings["trusted-proxy"]),
         *(f"--inherit={FIRST_INHERITED + i}:{family}" for i, family in enumerate(families)),
     ]

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ EXPECTED_DEFAULTS = {
     "idle-timeout": 60.0,
     "log-format": "text",
     "trusted-proxy": [],
+    "admin-listen": [],
+    "metrics": True,
 }
 
 
@@ -119,6 +122,8 @@ def test_config_file(tmp_path: Path) -> None:
             "idle-timeout": 7.0,
             "log-format": "text",
             "trusted-proxy": [],
+            "admin-listen": [],
+            "metrics": True,
         }
 
 
@@ -144,6 +149,8 @@ def test_precedence(tmp_path: Path) -> None:
         "idle-timeout": 60.0,
         "log-format": "text",
         "trusted-proxy": [],
+        "admin-listen": [],
+        "metrics": True,
     }
     assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
     assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]
@@ -190,6 +197,12 @@ _BAD: list[tuple[list[str], str | None, str]] = [
     (["--log-format=xml"], None, "--log-format must be text or json, not 'xml'"),
     (["--trusted-proxy=10.0.0.0/33"], None, "bad --trusted-proxy: '10.0.0.0/33' is not an address"),
     ([], f"[{SECTION}]\ntrusted-proxy = 10.0.0.1 nope\n", "bad --trusted-proxy: 'nope'"),
+    (["--metrics=sometimes"], None, "--metrics must be yes or no, not 'sometimes'"),
+    (
+        ["--admin-listen=tcp:9100:interface=::1"],
+        None,
+        "bad --admin-listen 'tcp:9100",
+    ),
 ]
 
 
@@ -372,6 +385,10 @@ def test_listen_failure_daemon(tmp_path: Path, takenPort: int) -> None:
     assert result.returncode != 0
     assert "cannot listen on tcp:" in result.stderr
     assert "Address already in use" in (tmp_path / "log").read_text()
+    # The daemon removes its pid file just after reporting to the launcher.
+    deadline = time.monotonic() + 10
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not pidfile.exists()
 
 

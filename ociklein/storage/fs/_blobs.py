@@ -53,7 +53,7 @@ from ociklein.storage.fs._paths import (
     page,
     repositoryPath,
 )
-from ociklein.storage.fs._root import cleanTmp, prepareRoot
+from ociklein.storage.fs._root import cleanTmp, prepareRoot, probeWritable
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -538,6 +538,23 @@ class FilesystemBlobStore:
         its TTL by at most half of it, and at least hourly.
         """
         return max(1.0, min(self._ttl / 2, 3600.0))
+
+    def openUploadCount(self) -> int:
+        """
+        How many upload sessions this process holds open (the metrics' gauge).
+        """
+        return len(self._uploads)
+
+    async def checkWritable(self) -> str | None:
+        """
+        L{None} when the root takes a new file now, else why not (what
+        C{/readyz} asks).
+        """
+        try:
+            await inThread(self._reactor, probeWritable, self._root)
+        except OSError as e:
+            return f"storage root is not writable: {e.strerror}"
+        return None
 
     def close(self) -> None:
         """
