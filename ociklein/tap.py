@@ -31,6 +31,7 @@ from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
 from ociklein.http._accesslog import parseNetworks
 from ociklein.http._limits import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Limits, raiseFileLimit
+from ociklein.maintenance._duration import parseDuration
 from ociklein.registry import Registry, RegistryService
 
 log = Logger()
@@ -66,10 +67,14 @@ DEFAULTS: dict[str, Any] = {
     "trusted-proxy": [],
     "admin-listen": [],
     "metrics": True,
+    # Garbage collection inside the registry (ociklein.maintenance).
+    "gc-interval": 0.0,
+    "gc-grace": 3600.0,
+    "gc-untagged": False,
 }
 # Keys holding several values: repeated options, whitespace-separated in the file.
 _LISTS = frozenset({"listen", "trusted-proxy", "admin-listen"})
-_SWITCHES = ("allow-sparse-manifests", "automatic-mount", "read-only")
+_SWITCHES = ("allow-sparse-manifests", "automatic-mount", "read-only", "gc-untagged")
 _FILES = ("htpasswd", "access", "token-key", "token-public-key", "token-realm")
 _CONVERT = {
     "max-manifest-bytes": int,
@@ -153,6 +158,9 @@ class Options(usage.Options):
         # Operations: logs, health, metrics.
         ["log-format", None, None, "Log lines as text or json. [default: text]"],
         ["metrics", None, None, "Serve Prometheus metrics at /metrics: yes or no. [default: yes]"],
+        # Garbage collection.
+        ["gc-interval", None, None, "Collect garbage this often (15m, 6h, 1d); 0: never. [default: 0]"],
+        ["gc-grace", None, None, "Never collect what was written or used this recently. [default: 1h]"],
         # Internal: set by the process that starts workers.
         ["worker", None, None, "(internal) Serve as worker N of another ociregistry process."],
     ]
@@ -173,6 +181,7 @@ class Options(usage.Options):
             None,
             "(internal) No health or metrics here: the parent has --admin-listen.",
         ],
+        ["gc-untagged", None, "Periodic garbage collection also removes manifests no tag reaches."],
     ]
 
     def opt_listen(self, description: str) -> None:
@@ -301,6 +310,11 @@ class Options(usage.Options):
             if not math.isfinite(self[key]):
                 raise usage.UsageError(f"--{key} must be finite")
         self["max-connections"] = _maxConnections(self["max-connections"])
+        for key in ("gc-interval", "gc-grace"):
+            try:
+                self[key] = parseDuration(self[key])
+            except ValueError as e:
+                raise usage.UsageError(f"--{key}: {e}") from None
 
     def _checkListen(self) -> None:
         if not self["listen"]:
@@ -422,6 +436,23 @@ def accessControl(options: Mapping[str, Any], reactor: Any) -> AccessControl | N
     )
 
 
+def _collector(registry: Registry, settings: Mapping[str, Any], reactor: Any) -> IService:
+    """
+    Periodic garbage collection of the registry's storage, in the first
+    process only (workers share its root).
+    """
+    from ociklein.maintenance._service import CollectionService
+
+    return CollectionService(
+        registry.core.manifests,
+        registry.core.blobs,
+        parseDuration(settings["gc-interval"]),
+        parseDuration(settings["gc-grace"]),
+        bool(settings["gc-untagged"]),
+        clock=reactor,
+    )
+
+
 def makeService(options: Mapping[str, Any], reactor: IReactorCore | None = None) -> IService:
     """
     The registry service the options describe: L{Options}, or any mapping
@@ -456,6 +487,8 @@ def makeService(options: Mapping[str, Any], reactor: IReactorCore | None = None)
         adminListen=None if settings.get("operations-elsewhere") else settings["admin-listen"],
     )
     service.setServiceParent(top)
+    if parseDuration(settings["gc-interval"]) and not worker:
+        _collector(registry, settings, reactor).setServiceParent(top)
     extra = 0 if worker else settings["workers"] - 1
     if extra > 0:
         _addWorkers(settings, reactor, service, extra).setServiceParent(top)

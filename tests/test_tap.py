@@ -43,6 +43,8 @@ AUTH_DEFAULTS = {
     "read-only": False,
 }
 
+GC_DEFAULTS = {"gc-interval": 0.0, "gc-grace": 3600.0, "gc-untagged": False}
+
 EXPECTED_DEFAULTS = {
     "listen": ["tcp:5000"],
     "backend": "memory",
@@ -61,6 +63,7 @@ EXPECTED_DEFAULTS = {
     "trusted-proxy": [],
     "admin-listen": [],
     "metrics": True,
+    **GC_DEFAULTS,
 }
 
 
@@ -124,6 +127,7 @@ def test_config_file(tmp_path: Path) -> None:
             "trusted-proxy": [],
             "admin-listen": [],
             "metrics": True,
+            **GC_DEFAULTS,
         }
 
 
@@ -151,6 +155,7 @@ def test_precedence(tmp_path: Path) -> None:
         "trusted-proxy": [],
         "admin-listen": [],
         "metrics": True,
+        **GC_DEFAULTS,
     }
     assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
     assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]
@@ -168,6 +173,8 @@ _BAD: list[tuple[list[str], str | None, str]] = [
     (["--backend=bogus"], None, "--backend must be memory or fs, not 'bogus'"),
     ([], f"[{SECTION}]\nbackend = s3\n", "--backend must be memory or fs, not 's3'"),
     (["--max-manifest-bytes=abc"], None, "--max-manifest-bytes must be a number, not 'abc'"),
+    (["--gc-interval=soon"], None, "--gc-interval: 'soon' is not a duration"),
+    ([], f"[{SECTION}]\ngc-grace = -1h\n", "--gc-grace: '-1h' is not a duration"),
     (["--max-manifest-bytes=1.5"], None, "--max-manifest-bytes must be a number"),
     (["--max-manifest-bytes=-5"], None, "--max-manifest-bytes must be positive"),
     (["--max-manifest-bytes=0"], None, "--max-manifest-bytes must be positive"),
@@ -505,3 +512,16 @@ def test_limits_reach_the_site() -> None:
     assert limits.maxConnections == 77
     assert limits.headerTimeout == 5.0
     assert limits.idleTimeout == 60.0
+
+
+def test_gc_interval_adds_collector() -> None:
+    """--gc-interval adds a periodic collection to the service; without it there is none."""
+    from ociklein.maintenance._service import CollectionService
+
+    def collectors(*args: str) -> list[Any]:
+        top = makeService(parse(*args), reactor=reactor)
+        return [s for s in top if isinstance(s, CollectionService)]  # type: ignore[attr-defined]
+
+    assert collectors() == []
+    [collector] = collectors("--gc-interval", "15m", "--gc-grace", "0")
+    assert collector.interval == 900.0
