@@ -139,8 +139,15 @@ class ListeningService(Service):
     nothing; unlike it, it can be stopped and started again.
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, description: str) -> None:
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        description: str,
+        admin: bool = False,
+    ) -> None:
         self.endpoint = endpoint
+        self.admin = admin
         self.factory = factory
         self.description = description
         self.port: IListeningPort | None = None

@@ -6,18 +6,22 @@ backends, served as a twisted.web resource, a Site, or an IService.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime, IStreamServerEndpoint
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from ociklein import _metrics
 from ociklein._listening import ListeningService
+from ociklein._metrics import RequestMetrics
 from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES, RegistryCore
 from ociklein.http._accesslog import AccessLog, ClientAddress, parseNetworks
+from ociklein.http._health import Check, WithOperations, operations
 from ociklein.http._limits import Limits
 from ociklein.http._plainhttp import RefuseTLSFactory
 from ociklein.http._routes import RegistryRoutes
@@ -78,15 +82,26 @@ class Registry:
         accessLog: bool = True,
         trustedProxies: Iterable[str] = (),
         limits: Limits | None = None,
+        metrics: bool = True,
+        operations: Resource | None = None,
     ) -> Site:
         """
         A L{Site} serving the registry with streaming request bodies,
         keeping clients within C{limits} (connections, deadlines); one
         access log event per request unless C{accessLog} is false, naming
-        the client behind proxies in C{trustedProxies} (CIDR networks).
+        the client behind proxies in C{trustedProxies} (CIDR networks);
+        each request counted in the metrics unless C{metrics} is false;
+        C{operations} (health, metrics) served beside C{/v2/} when given.
         """
-        finished = [AccessLog(ClientAddress(parseNetworks(trustedProxies)))] if accessLog else []
-        return makeSite(self.resource(), reactor=reactor, finished=finished, limits=limits)
+        finished: list[Callable[[Any], None]] = []
+        if accessLog:
+            finished.append(AccessLog(ClientAddress(parseNetworks(trustedProxies))))
+        if metrics:
+            finished.append(RequestMetrics())
+        resource = self.resource()
+        if operations is not None:
+            resource = WithOperations(resource, operations)
+        return makeSite(resource, reactor=reactor, finished=finished, limits=limits)
 
     def service(
         self,
@@ -96,23 +111,63 @@ class Registry:
         accessLog: bool = True,
         trustedProxies: Iterable[str] = (),
         limits: Limits | None = None,
+        metrics: bool = True,
+        adminListen: Iterable[str] | None = (),
     ) -> RegistryService:
         """
         An L{IService} listening on each Twisted server endpoint string (or
         endpoint) of C{listen} while it runs.
+
+        C{/livez}, C{/readyz} and (unless C{metrics} is false) C{/metrics}
+        are served beside C{/v2/}, or only on the endpoints of
+        C{adminListen} when it names some, or nowhere when it is L{None}.
         """
         resolved = _resolveReactor(reactor)
-        site = self.site(resolved, accessLog=accessLog, trustedProxies=trustedProxies, limits=limits)  # type: ignore[arg-type]
         top = RegistryService(onStop)
+        if metrics:
+            count = getattr(self.core.blobs, "openUploadCount", None)
+            if count is not None:
+                _metrics.countUploadSessions(count)
+        admin = list(adminListen) if adminListen is not None else []
+        ops = operations(self._readiness(top), resolved, metrics)  # type: ignore[arg-type]
+        beside = ops if adminListen is not None and not admin else None
+        site = self.site(resolved, accessLog, trustedProxies, limits, metrics, beside)  # type: ignore[arg-type]
         for item in listen:
             if isinstance(item, str):
                 endpoint, description = serverFromString(resolved, item), item
             else:
                 endpoint, description = item, str(item)
-            plain = not description.startswith(("ssl:", "tls:"))
-            factory = RefuseTLSFactory(site) if plain else site
-            ListeningService(endpoint, factory, description).setServiceParent(top)
+            _listen(top, endpoint, site, description)
+        if admin:
+            finished = [RequestMetrics()] if metrics else []
+            adminSite = makeSite(ops, reactor=resolved, finished=finished, limits=limits)
+            for description in admin:
+                _listen(top, serverFromString(resolved, description), adminSite, description, admin=True)
         return top
+
+    def _readiness(self, service: RegistryService) -> list[tuple[str, Check]]:
+        """
+        What C{/readyz} checks: the storage takes writes (when the blob
+        store can tell), the registry listens.
+        """
+        blobs = self.core.blobs
+
+        async def storage() -> str | None:
+            check = getattr(blobs, "checkWritable", None)
+            return None if check is None else await check()
+
+        async def listening() -> str | None:
+            return None if service.running and service.ports else "not listening"
+
+        return [("storage", storage), ("listening", listening)]
+
+
+def _listen(
+    top: MultiService, endpoint: IStreamServerEndpoint, site: Site, description: str, admin: bool = False
+) -> None:
+    plain = not description.startswith(("ssl:", "tls:"))
+    factory = RefuseTLSFactory(site) if plain else site
+    ListeningService(endpoint, factory, description, admin=admin).setServiceParent(top)
 
 
 def _resolveReactor(reactor: IReactorCore | None) -> IReactorCore:
@@ -138,7 +193,16 @@ class RegistryService(MultiService):
         """
         The ports listened on, once started.
         """
-        return [s.port for s in self if isinstance(s, ListeningService) and s.port is not None]
+        return [
+            s.port for s in self if isinstance(s, ListeningService) and s.port is not None and not s.admin
+        ]
+
+    @property
+    def adminPorts(self) -> list[IListeningPort]:
+        """
+        The ports of C{--admin-listen} (health, metrics), once started.
+        """
+        return [s.port for s in self if isinstance(s, ListeningService) and s.port is not None and s.admin]
 
     @property
     def listening(self) -> Deferred[list[IListeningPort]]:

@@ -31,6 +31,7 @@ from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
 from ociklein.http._accesslog import parseNetworks
 from ociklein.http._limits import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Limits, raiseFileLimit
+from ociklein.maintenance._duration import parseDuration
 from ociklein.registry import Registry, RegistryService
 
 log = Logger()
@@ -68,13 +69,19 @@ DEFAULTS: dict[str, Any] = {
     "max-connections": "auto",
     "header-timeout": DEFAULT_HEADER_TIMEOUT,
     "idle-timeout": DEFAULT_IDLE_TIMEOUT,
-    # Operations: logs.
+    # Operations: logs, health, metrics.
     "log-format": "text",
     "trusted-proxy": [],
+    "admin-listen": [],
+    "metrics": True,
+    # Garbage collection inside the registry (ociklein.maintenance).
+    "gc-interval": 0.0,
+    "gc-grace": 3600.0,
+    "gc-untagged": False,
 }
 # Keys holding several values: repeated options, whitespace-separated in the file.
-_LISTS = frozenset({"listen", "trusted-proxy"})
-_SWITCHES = ("allow-sparse-manifests", "automatic-mount", "read-only")
+_LISTS = frozenset({"listen", "trusted-proxy", "admin-listen"})
+_SWITCHES = ("allow-sparse-manifests", "automatic-mount", "read-only", "gc-untagged")
 _FILES = ("htpasswd", "access", "token-key", "token-public-key", "token-realm")
 _CONVERT = {
     "max-manifest-bytes": int,
@@ -177,8 +184,12 @@ class Options(usage.Options):
         ["token-issuer", None, None, "Issuer (iss) of the tokens. [default: ociklein]"],
         ["token-service", None, None, "Service (aud) of the tokens. [default: ociklein]"],
         ["token-public-key", None, None, "PEM public key or certificate of an external token service."],
-        # Operations: logs.
+        # Operations: logs, health, metrics.
         ["log-format", None, None, "Log lines as text or json. [default: text]"],
+        ["metrics", None, None, "Serve Prometheus metrics at /metrics: yes or no. [default: yes]"],
+        # Garbage collection.
+        ["gc-interval", None, None, "Collect garbage this often (15m, 6h, 1d); 0: never. [default: 0]"],
+        ["gc-grace", None, None, "Never collect what was written or used this recently. [default: 1h]"],
         # Internal: set by the process that starts workers.
         ["worker", None, None, "(internal) Serve as worker N of another ociregistry process."],
     ]
@@ -187,12 +198,19 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["trusted-proxy"] = []
+        self["admin-listen"] = []
         self["inherit"] = []
 
     optFlags = [
         ["allow-sparse-manifests", None, "Accept manifests naming blobs or manifests the repository lacks."],
         ["automatic-mount", None, "Mount a blob named without from= from any repository it is in."],
         ["read-only", None, "Refuse every write (POST, PATCH, PUT, DELETE) with 405."],
+        [
+            "operations-elsewhere",
+            None,
+            "(internal) No health or metrics here: the parent has --admin-listen.",
+        ],
+        ["gc-untagged", None, "Periodic garbage collection also removes manifests no tag reaches."],
     ]
 
     def opt_listen(self, description: str) -> None:
@@ -207,6 +225,13 @@ class Options(usage.Options):
         Forwarded headers name the client in the access log; repeatable.
         """
         self["trusted-proxy"].append(network)
+
+    def opt_admin_listen(self, description: str) -> None:
+        """
+        An endpoint string for /livez, /readyz and /metrics alone, which
+        the registry's ports then no longer answer; repeatable.
+        """
+        self["admin-listen"].append(description)
 
     def opt_inherit(self, socket: str) -> None:
         """
@@ -318,6 +343,11 @@ class Options(usage.Options):
             if not math.isfinite(self[key]):
                 raise usage.UsageError(f"--{key} must be finite")
         self["max-connections"] = _maxConnections(self["max-connections"])
+        for key in ("gc-interval", "gc-grace"):
+            try:
+                self[key] = parseDuration(self[key])
+            except ValueError as e:
+                raise usage.UsageError(f"--{key}: {e}") from None
 
     def _checkListen(self) -> None:
         if not self["listen"]:
@@ -368,6 +398,12 @@ class Options(usage.Options):
             parseNetworks(self["trusted-proxy"])
         except ValueError as e:
             raise usage.UsageError(f"bad --trusted-proxy: {e}") from None
+        self["metrics"] = _flag("metrics", self["metrics"])
+        for description in self["admin-listen"]:
+            try:
+                parseEndpoint(description)
+            except ValueError as e:
+                raise usage.UsageError(f"bad --admin-listen {description!r}: {e}") from None
 
 
 def s3Config(options: Mapping[str, Any]) -> Any:
@@ -471,6 +507,23 @@ def accessControl(options: Mapping[str, Any], reactor: Any) -> AccessControl | N
     )
 
 
+def _collector(registry: Registry, settings: Mapping[str, Any], reactor: Any) -> IService:
+    """
+    Periodic garbage collection of the registry's storage, in the first
+    process only (workers share its root).
+    """
+    from ociklein.maintenance._service import CollectionService
+
+    return CollectionService(
+        registry.core.manifests,
+        registry.core.blobs,
+        parseDuration(settings["gc-interval"]),
+        parseDuration(settings["gc-grace"]),
+        bool(settings["gc-untagged"]),
+        clock=reactor,
+    )
+
+
 def makeService(options: Mapping[str, Any], reactor: IReactorCore | None = None) -> IService:
     """
     The registry service the options describe: L{Options}, or any mapping
@@ -501,8 +554,12 @@ def makeService(options: Mapping[str, Any], reactor: IReactorCore | None = None)
         accessLog=settings["access-log"],
         trustedProxies=settings["trusted-proxy"],
         limits=_limits(settings),
+        metrics=settings["metrics"],
+        adminListen=None if settings.get("operations-elsewhere") else settings["admin-listen"],
     )
     service.setServiceParent(top)
+    if parseDuration(settings["gc-interval"]) and not worker:
+        _collector(registry, settings, reactor).setServiceParent(top)
     extra = 0 if worker else settings["workers"] - 1
     if extra > 0:
         _addWorkers(settings, reactor, service, extra).setServiceParent(top)
@@ -605,6 +662,8 @@ def _addWorkers(
         ),
         *_limitArguments(settings),
         f"--log-format={settings['log-format']}",
+        f"--metrics={'yes' if settings['metrics'] else 'no'}",
+        *(["--operations-elsewhere"] if settings["admin-listen"] else []),
         *(f"--trusted-proxy={network}" for network in settings["trusted-proxy"]),
         *(f"--inherit={FIRST_INHERITED + i}:{family}" for i, family in enumerate(families)),
     ]

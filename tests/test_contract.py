@@ -708,6 +708,17 @@ async def test_referrerDescriptorKept(backends: Backends) -> None:
 # Maintenance
 
 
+async def cutoffPassed(store: IBlobMaintenance | IManifestMaintenance) -> float:
+    """
+    A cutoff the storage clock has just passed (it may tick coarsely), so
+    that whatever is used from now on is at or after it.
+    """
+    cutoff = await store.now() + 0.000001
+    while await store.now() < cutoff:
+        pass
+    return cutoff
+
+
 def maintained(backends: Backends) -> tuple[IBlobMaintenance, IManifestMaintenance]:
     return IBlobMaintenance(backends.blobs), IManifestMaintenance(backends.manifests)
 
@@ -777,9 +788,7 @@ async def test_touchFencesDeletion(backends: Backends) -> None:
     blobs, _ = maintained(backends)
     digest = await storeBlob(backends.blobs, b"reused")
     await backends.blobs.link("repo", digest)
-    cutoff = await blobs.now() + 0.000001
-    while await blobs.now() < cutoff:
-        pass  # the storage clock may tick coarsely: wait for it to pass the cutoff
+    cutoff = await cutoffPassed(blobs)
     assert await blobs.touch("repo", [digest]) == []
     assert await blobs.deleteBlob(digest, cutoff) is False
     assert await blobs.deleteLink("repo", digest, cutoff) is False
@@ -807,9 +816,7 @@ async def test_linkAgainRecordsUse(backends: Backends) -> None:
     blobs, _ = maintained(backends)
     digest = await storeBlob(backends.blobs, b"mounted")
     await backends.blobs.link("repo", digest)
-    cutoff = await blobs.now() + 0.000001
-    while await blobs.now() < cutoff:
-        pass
+    cutoff = await cutoffPassed(blobs)
     await backends.blobs.link("repo", digest)
     assert await blobs.deleteLink("repo", digest, cutoff) is False
     assert await blobs.deleteBlob(digest, cutoff) is False
@@ -820,9 +827,7 @@ async def test_commitExistingRecordsUse(backends: Backends) -> None:
     """Committing a blob already stored records a use of it."""
     blobs, _ = maintained(backends)
     digest = await storeBlob(backends.blobs, b"pushed twice")
-    cutoff = await blobs.now() + 0.000001
-    while await blobs.now() < cutoff:
-        pass
+    cutoff = await cutoffPassed(blobs)
     await storeBlob(backends.blobs, b"pushed twice")
     assert await blobs.deleteBlob(digest, cutoff) is False
 
@@ -922,9 +927,7 @@ async def test_touchManifests(backends: Backends) -> None:
     _, manifests = maintained(backends)
     content = b'{"kept": true}'
     await backends.manifests.putManifest("repo", sha256(content), MANIFEST, content, None, {})
-    cutoff = await manifests.now() + 0.000001
-    while await manifests.now() < cutoff:
-        pass
+    cutoff = await cutoffPassed(manifests)
     absent = sha256(b"absent")
     assert await manifests.touchManifests("repo", [absent, sha256(content)]) == [absent]
     assert await manifests.deleteManifestBefore("repo", sha256(content), cutoff) is False

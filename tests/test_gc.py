@@ -345,3 +345,28 @@ def test_fsUseReachingRemovedInode(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(os, "utime", lateUtime)
     assert _maintenance.recordUse(str(path)) is False
     assert removed == [True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_periodicCollection() -> None:
+    """The registry's own collection runs every interval on its clock, and stops with it."""
+    from twisted.internet.task import Clock
+
+    from ociklein.maintenance._service import CollectionService
+    from ociklein.storage.memory import MemoryBlobStore, MemoryManifestBackend
+
+    clock = Clock()
+    manifests, blobs = MemoryManifestBackend(clock=clock), MemoryBlobStore(clock=clock)
+    stub = StubClient(Registry(manifests, blobs))
+    await pushBlob(stub, "app", b"orphan")
+    service = CollectionService(manifests, blobs, interval=600, grace=60, clock=clock)
+    service.startService()
+    clock.advance(30)
+    assert await blobCode(stub, "app", digestOf(b"orphan")) == 200  # no collection yet
+    clock.advance(570)
+    assert await blobCode(stub, "app", digestOf(b"orphan")) == 404
+    await pushBlob(stub, "app", b"orphan")
+    await service.stopService()
+    clock.advance(6000)
+    assert await blobCode(stub, "app", digestOf(b"orphan")) == 200
+    assert clock.getDelayedCalls() == []

@@ -96,11 +96,11 @@ def test_bounded(tmp_path: Path) -> None:
     for i in range(10):
         path = tmp_path / f"f{i}"
         path.write_bytes(b"x" * 50)
-        assert cache.read(i, str(path)) == b"x" * 50
+        assert cache.read(i, str(path), bytes) == b"x" * 50
         cache.get(0)  # keep the first one in use
     assert cache.size <= 250 and len(cache) == 5
     assert cache.get(0) == b"x" * 50 and cache.get(1) is None
     big = tmp_path / "big"
     big.write_bytes(b"y" * 101)
-    assert cache.read("big", str(big)) == b"y" * 101
+    assert cache.read("big", str(big), bytes) == b"y" * 101
     assert cache.get("big") is None

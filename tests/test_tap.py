@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ AUTH_DEFAULTS = {
     "read-only": False,
 }
 
+GC_DEFAULTS = {"gc-interval": 0.0, "gc-grace": 3600.0, "gc-untagged": False}
+
 EXPECTED_DEFAULTS = {
     "listen": ["tcp:5000"],
     "backend": "memory",
@@ -65,6 +68,9 @@ EXPECTED_DEFAULTS = {
     "idle-timeout": 60.0,
     "log-format": "text",
     "trusted-proxy": [],
+    "admin-listen": [],
+    "metrics": True,
+    **GC_DEFAULTS,
 }
 
 
@@ -126,6 +132,9 @@ def test_config_file(tmp_path: Path) -> None:
             "idle-timeout": 7.0,
             "log-format": "text",
             "trusted-proxy": [],
+            "admin-listen": [],
+            "metrics": True,
+            **GC_DEFAULTS,
         }
 
 
@@ -151,6 +160,9 @@ def test_precedence(tmp_path: Path) -> None:
         "idle-timeout": 60.0,
         "log-format": "text",
         "trusted-proxy": [],
+        "admin-listen": [],
+        "metrics": True,
+        **GC_DEFAULTS,
     }
     assert parse("--config", path, "--backend", "memory")["backend"] == "memory"
     assert parse("--config", path)["listen"] == ["tcp:6001", "tcp:6002"]
@@ -173,6 +185,8 @@ _BAD: list[tuple[list[str], str | None, str]] = [
     (["--backend=s3", "--s3-bucket=b", "--s3-credentials=/nowhere"], None, "--s3-credentials /nowhere"),
     (["--backend=s3", "--s3-bucket=b", "--s3-ca-file=/nowhere"], None, "--s3-ca-file /nowhere: cannot"),
     (["--max-manifest-bytes=abc"], None, "--max-manifest-bytes must be a number, not 'abc'"),
+    (["--gc-interval=soon"], None, "--gc-interval: 'soon' is not a duration"),
+    ([], f"[{SECTION}]\ngc-grace = -1h\n", "--gc-grace: '-1h' is not a duration"),
     (["--max-manifest-bytes=1.5"], None, "--max-manifest-bytes must be a number"),
     (["--max-manifest-bytes=-5"], None, "--max-manifest-bytes must be positive"),
     (["--max-manifest-bytes=0"], None, "--max-manifest-bytes must be positive"),
@@ -202,6 +216,12 @@ _BAD: list[tuple[list[str], str | None, str]] = [
     (["--log-format=xml"], None, "--log-format must be text or json, not 'xml'"),
     (["--trusted-proxy=10.0.0.0/33"], None, "bad --trusted-proxy: '10.0.0.0/33' is not an address"),
     ([], f"[{SECTION}]\ntrusted-proxy = 10.0.0.1 nope\n", "bad --trusted-proxy: 'nope'"),
+    (["--metrics=sometimes"], None, "--metrics must be yes or no, not 'sometimes'"),
+    (
+        ["--admin-listen=tcp:9100:interface=::1"],
+        None,
+        "bad --admin-listen 'tcp:9100",
+    ),
 ]
 
 
@@ -384,6 +404,10 @@ def test_listen_failure_daemon(tmp_path: Path, takenPort: int) -> None:
     assert result.returncode != 0
     assert "cannot listen on tcp:" in result.stderr
     assert "Address already in use" in (tmp_path / "log").read_text()
+    # The daemon removes its pid file just after reporting to the launcher.
+    deadline = time.monotonic() + 10
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not pidfile.exists()
 
 
@@ -500,3 +524,16 @@ def test_limits_reach_the_site() -> None:
     assert limits.maxConnections == 77
     assert limits.headerTimeout == 5.0
     assert limits.idleTimeout == 60.0
+
+
+def test_gc_interval_adds_collector() -> None:
+    """--gc-interval adds a periodic collection to the service; without it there is none."""
+    from ociklein.maintenance._service import CollectionService
+
+    def collectors(*args: str) -> list[Any]:
+        top = makeService(parse(*args), reactor=reactor)
+        return [s for s in top if isinstance(s, CollectionService)]  # type: ignore[attr-defined]
+
+    assert collectors() == []
+    [collector] = collectors("--gc-interval", "15m", "--gc-grace", "0")
+    assert collector.interval == 900.0

@@ -13,7 +13,6 @@ import argparse
 import configparser
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -21,11 +20,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from ociklein.maintenance._duration import parseDuration as duration
 from ociklein.maintenance._walk import Progress, noProgress
 
 _SECTION = "ociregistry"
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 FORMAT_FILE = "ociklein-format"
 FORMAT = "1"
 
@@ -40,10 +38,10 @@ def parseDuration(text: str) -> float:
     """
     C{0}, C{90s}, C{15m}, C{1h} or C{2d}, in seconds.
     """
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 0, 90s, 15m, 1h or 2d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
-from ociklein import errors
+from ociklein import _metrics, errors
 from ociklein.auth import BASE, CATALOG, AccessControl, IRegistryUser
 from ociklein.core import Page, RegistryCore
 from ociklein.errors import OCIError
@@ -323,6 +323,7 @@ class RegistryRoutes:
             if found is None:
                 raise OCIError(404, "NAME_UNKNOWN", "no such endpoint", {"path": path})
             route, arguments = found
+            request.ociklein_route = route  # type: ignore[attr-defined]  # the metrics' label
             lookup = "GET" if method == "HEAD" else method
             handler = self._handlers.get((route, lookup))
             if handler is None or (self.readOnly and lookup in _WRITES):
@@ -348,6 +349,7 @@ class RegistryRoutes:
             # The store failed (out of descriptors, a full disk, an I/O
             # error): say which, keep serving.
             log.failure("storage error serving {method} {path}", method=method, path=path)
+            _metrics.storageError(e)
             return _error(request, errors.forOSError(e))
         except Exception:
             log.failure("unexpected error serving {method} {path}", method=method, path=path)

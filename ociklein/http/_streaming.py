@@ -25,7 +25,7 @@ from twisted.web.http import parse_qs
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
-from ociklein import errors
+from ociklein import _metrics, errors
 from ociklein._body import Body, BodyPipe, FileBody
 from ociklein.errors import OCIError
 from ociklein.http._limits import ConnectionGuard, Deadline, Limits
@@ -47,6 +47,7 @@ class StreamingRequest(server.Request):
     # Who made the request, for the access log: set by access control.
     ociklein_user = "-"
     ociklein_request_id = "-"
+    ociklein_received = 0  # request body bytes, for the metrics
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -98,6 +99,7 @@ class StreamingRequest(server.Request):
         self.process()
 
     def handleContentChunk(self, data: bytes) -> None:
+        self.ociklein_received += len(data)
         if self._pipe is not None:
             self._pipe.dataReceived(data)
         else:
@@ -176,6 +178,7 @@ class _Channel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        _metrics.OPEN_CONNECTIONS.inc()
         guard = self.site.guard
         self._headerDeadline = Deadline(guard.clock, guard.limits.headerTimeout, self._headersTooSlow)
         self._stalled = Deadline(guard.clock, guard.limits.idleTimeout, self._readerStalled)
@@ -250,6 +253,7 @@ class _Channel(http.HTTPChannel):
         self.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        _metrics.OPEN_CONNECTIONS.dec()
         self._headerDeadline.stop()
         self._stalled.stop()
         if self._guarded:

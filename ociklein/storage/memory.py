@@ -119,6 +119,12 @@ class MemoryBlobStore:
         self._holders: dict[str, list[str]] = {}
         self._uploads: dict[str, _MemoryUpload] = {}
 
+    def openUploadCount(self) -> int:
+        """
+        How many upload sessions are open (the metrics' gauge).
+        """
+        return len(self._uploads)
+
     def stat(self, digest: str) -> Deferred[int | None]:
         data = self._blobs.get(digest)
         return succeed(None if data is None else len(data))

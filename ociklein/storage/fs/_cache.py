@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class _Entry:
     path: str
     identity: tuple[int, int, int]
-    data: bytes
+    size: int
+    value: Any
 
 
 def identity(stat: os.stat_result) -> tuple[int, int, int]:
@@ -29,8 +34,9 @@ def identity(stat: os.stat_result) -> tuple[int, int, int]:
 
 class FileCache:
     """
-    Whole small files by key, least recently used first out once more than
-    C{maxBytes} are held; a file larger than C{maxFile} is never kept.
+    Small files by key, kept decoded, least recently used first out once
+    files of more than C{maxBytes} in all are held; a file larger than
+    C{maxFile} is never kept.
     """
 
     def __init__(self, maxBytes: int = 4 * 1024 * 1024, maxFile: int = 64 * 1024) -> None:
@@ -39,10 +45,10 @@ class FileCache:
         self._maxBytes = maxBytes
         self._maxFile = maxFile
 
-    def get(self, key: object) -> bytes | None:
+    def get(self, key: object) -> Any:
         """
-        The cached bytes of C{key}, if its file is still the one read;
-        L{FileNotFoundError} if the file is gone.
+        What was kept of C{key}, if its file is still the one read, else
+        L{None}; L{FileNotFoundError} if the file is gone.
         """
         entry = self._entries.get(key)
         if entry is None:
@@ -56,11 +62,12 @@ class FileCache:
             self._drop(key)
             return None
         self._entries.move_to_end(key)
-        return entry.data
+        return entry.value
 
-    def read(self, key: object, path: str) -> bytes:
+    def read(self, key: object, path: str, decode: Callable[[bytes], _T]) -> _T:
         """
-        Read the file C{path} and keep it under C{key} if it is small.
+        Read the file C{path}, decode it, and keep that under C{key} if the
+        file is small.
         """
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -71,18 +78,19 @@ class FileCache:
         finally:
             os.close(fd)
         data = b"".join(chunks)
+        value = decode(data)
         if len(data) == stat.st_size and len(data) <= self._maxFile:
             self._drop(key)
-            self._entries[key] = _Entry(path, identity(stat), data)
+            self._entries[key] = _Entry(path, identity(stat), len(data), value)
             self._bytes += len(data)
             while self._bytes > self._maxBytes:
                 self._drop(next(iter(self._entries)))
-        return data
+        return value
 
     def _drop(self, key: object) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self._bytes -= len(entry.data)
+            self._bytes -= entry.size
 
     def __len__(self) -> int:
         return len(self._entries)

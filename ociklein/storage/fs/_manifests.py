@@ -63,6 +63,14 @@ def _readHeader(data: bytes) -> tuple[str, str | None, int]:
     return header["mediaType"], header["subject"], end + 1
 
 
+def _decodeManifest(data: bytes) -> tuple[str, bytes]:
+    """
+    The media type and content of a stored manifest file.
+    """
+    mediaType, _, offset = _readHeader(data)
+    return mediaType, data[offset:]
+
+
 def _readTag(path: str) -> str | None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -235,13 +243,13 @@ class FilesystemManifestBackend:
         key = (repository, digest)
         try:
             # A key in the cache was checked when its file was first read.
-            data = self._cache.get(key)
-            if data is None:
-                data = self._cache.read(key, self._paths(repository).manifest(checkDigest(digest)))
+            found: tuple[str, bytes] | None = self._cache.get(key)
+            if found is None:
+                path = self._paths(repository).manifest(checkDigest(digest))
+                found = self._cache.read(key, path, _decodeManifest)
         except FileNotFoundError:
             return None
-        mediaType, _, offset = _readHeader(data)
-        return mediaType, data[offset:]
+        return found
 
     def putManifest(
         self,

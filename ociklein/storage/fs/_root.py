@@ -74,6 +74,16 @@ def cleanTmp(root: str, now: float | None = None, grace: float = TMP_GRACE, sett
     return removed
 
 
+def probeWritable(root: str) -> None:
+    """
+    Create and remove a file in the root's tmp/: an L{OSError} says why the
+    root takes no writes.  Blocking.
+    """
+    fd, probe = createTemp(root, ".probe")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def prepareRoot(root: str) -> None:
     """
     Create the storage root and its directories if missing, and fail at
@@ -95,8 +105,6 @@ def prepareRoot(root: str) -> None:
             os.makedirs(path, exist_ok=True)
             if os.path.islink(path):
                 raise ValueError(f"storage root {name}: {sub} is a symbolic link, which is never followed")
-        fd, probe = createTemp(root, ".probe")
-        os.close(fd)
-        os.unlink(probe)
+        probeWritable(root)
     except OSError as e:
         raise ValueError(f"storage root {name} is not writable: {e.strerror}") from None
