@@ -515,6 +515,10 @@ def startServer(kind: str, workdir: Path, accessLog: bool, store: ObjectStore | 
                 f"    rootdirectory: /bench-{kind}-{os.urandom(4).hex()}\n"
                 "    secure: false\n"
                 "    v4auth: true\n"
+                # Serve blobs itself, as ociklein does, rather than answer
+                # 307 to a presigned URL of the store.
+                "  redirect:\n"
+                "    disable: true\n"
             )
             # Distribution 2.8.2 panics at start when AWS_CA_BUNDLE is set.
             env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}

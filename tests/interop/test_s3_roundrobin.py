@@ -6,54 +6,39 @@ pulls back through one node directly, byte for byte.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from interophelpers import skopeo
+from nginxfixture import Nginx
 from ocilayout import OCI_MANIFEST, makeImage, readLayout, writeLayout
 from seaweedfixture import SeaweedFS, s3Arguments, uniquePrefix
 from twistdprocess import TwistdRegistry, freePort
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
-
-def _nginxConfig(directory: Path, port: int, upstreams: list[str]) -> Path:
-    servers = "".join(f"    server {address};\n" for address in upstreams)
-    temp = "".join(
-        f"  {kind}_temp_path {directory / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    config = directory / "nginx.conf"
-    config.write_text(
-        "worker_processes 1;\n"
-        "daemon off;\n"
-        f"pid {directory / 'nginx.pid'};\n"
-        f"error_log {directory / 'error.log'};\n"
-        "events { worker_connections 256; }\n"
-        "http {\n"
-        f"  access_log {directory / 'access.log'};\n"
-        f"{temp}"
-        "  upstream ociklein {\n"
+def _roundRobin(port: int, upstreams: list[str]) -> str:
+    """
+    The inside of an http block: docs/deploy.md's proxy settings in plain
+    HTTP, over an upstream of every node (nginx's default: round-robin).
+    """
+    servers = "".join(f"        server {address};\n" for address in upstreams)
+    return (
+        "    upstream ociklein {\n"
         f"{servers}"
-        "  }\n"
-        "  server {\n"
-        f"    listen 127.0.0.1:{port};\n"
-        "    client_max_body_size 0;\n"
-        "    proxy_request_buffering off;\n"
-        "    proxy_buffering off;\n"
-        "    proxy_http_version 1.1;\n"
-        '    proxy_set_header Connection "";\n'
-        "    proxy_set_header Host $http_host;\n"
-        "    location / { proxy_pass http://ociklein; }\n"
-        "  }\n"
-        "}\n"
+        "        keepalive 32;\n"
+        "    }\n"
+        "    server {\n"
+        f"        listen 127.0.0.1:{port};\n"
+        "        client_max_body_size 0;\n"
+        "        proxy_request_buffering off;\n"
+        "        proxy_buffering off;\n"
+        "        proxy_http_version 1.1;\n"
+        '        proxy_set_header Connection "";\n'
+        "        proxy_set_header Host $http_host;\n"
+        "        location / { proxy_pass http://ociklein; }\n"
+        "    }\n"
     )
-    return config
 
 
 @pytest.fixture
@@ -66,26 +51,12 @@ def roundRobin(
     """
     args = s3Arguments(seaweedfs, uniquePrefix())
     nodes = [twistdRegistry(*args), twistdRegistry(*args)]
-    directory = tmp_path / "nginx"
-    directory.mkdir()
     port = freePort()
-    config = _nginxConfig(directory, port, [node.address for node in nodes])
-    process = subprocess.Popen([NGINX, "-c", str(config), "-p", str(directory)], stderr=subprocess.PIPE)
+    nginx = Nginx(_roundRobin(port, [node.address for node in nodes]), tmp_path / "nginx", port).start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "nginx did not answer"
-            time.sleep(0.1)
         yield f"127.0.0.1:{port}", nodes
     finally:
-        process.terminate()
-        process.wait(10)
+        nginx.stop()
 
 
 def test_skopeo_through_round_robin(roundRobin: tuple[str, list[TwistdRegistry]], tmp_path: Path) -> None:

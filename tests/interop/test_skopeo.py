@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 from interophelpers import COMMAND_TIMEOUT, RunningRegistry, http, pushWithSkopeo, skopeo
 from ocilayout import (
@@ -106,6 +107,10 @@ def test_inspect_reports_the_stored_image(interop: RunningRegistry, tmp_path: Pa
 
 def test_list_tags_follows_pages(interop: RunningRegistry, tmp_path: Path) -> None:
     """skopeo list-tags follows the Link header past the registry's first page and returns every tag once."""
+    if "--backend=s3" in interop.args:
+        # 1001 manifest PUTs at some 15 object-store calls each take a minute
+        # on s3; its tag paging is tested through HTTP in test_listings.py.
+        pytest.skip("too slow on s3 for the suite's time budget")
     image = makeImage(layers=1)
     pushWithSkopeo(interop, writeLayout(tmp_path / "in", image, "v1"), "v1", "skopeo/many-tags")
     tags = [f"t{i:04d}" for i in range(1001)]
