@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from twisted.web.resource import Resource
 
 from ociklein import Registry
 from ociklein._logging import ACCESS_KEY, WORKER_NAMESPACE, AccessRecord, LineObserver, _Stamp
+from ociklein.http import _accesslog
 from ociklein.http._accesslog import ClientAddress, parseNetworks
 from ociklein.http._streaming import makeSite
 from ociklein.registry import RegistryService
@@ -294,3 +296,12 @@ def test_timestamp_formatted_once_a_second(monkeypatch: pytest.MonkeyPatch) -> N
     for i in range(1000):
         stamp(1_700_000_000 + i / 500)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("unsafe", [_accesslog._UNSAFE_QUOTED, _accesslog._UNSAFE_BARE])
+def test_escapeShortcutAgreesWithPattern(unsafe: re.Pattern[str]) -> None:
+    """The shortcut for fields needing no escape gives what the pattern alone would, for every character."""
+    for code in [*range(0x180), 0x2028, 0xFEFF, 0x1F600]:
+        for text in [chr(code), f"a{chr(code)}b", f"{chr(code)} x"]:
+            expected = unsafe.sub(_accesslog._hex, text)
+            assert _accesslog._escape(text, unsafe) == expected, (code, text)

@@ -38,6 +38,15 @@ def _escape(text: str, unsafe: re.Pattern[str] = _UNSAFE_QUOTED) -> str:
     (and spaces, for a bare field) escaped, so that a line can be neither
     forged nor split.
     """
+    # The usual field needs nothing: found by str methods, without a regex.
+    if (
+        text.isascii()
+        and text.isprintable()
+        and '"' not in text
+        and "\\" not in text
+        and (unsafe is _UNSAFE_QUOTED or (unsafe is _UNSAFE_BARE and " " not in text))
+    ):
+        return text
     if unsafe.search(text) is None:
         return text
     return unsafe.sub(_hex, text)
@@ -136,4 +145,17 @@ class AccessLog:
             _escape(agent[0].decode("latin-1")) if agent else "-",
             getattr(request, "ociklein_request_id", "-"),
         )
-        _log.emit(LogLevel.info, "{ociklein_line()}", ociklein_line=record.text, **{ACCESS_KEY: record})
+        # What Logger.emit builds, without its per-call check of the level
+        # and copy of keyword arguments: a tenth of a manifest GET's time.
+        _log.observer(
+            {
+                "log_logger": _log,
+                "log_level": LogLevel.info,
+                "log_namespace": _log.namespace,
+                "log_source": None,
+                "log_format": "{ociklein_line()}",
+                "log_time": time.time(),
+                "ociklein_line": record.text,
+                ACCESS_KEY: record,
+            }
+        )
