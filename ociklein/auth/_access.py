@@ -43,6 +43,11 @@ from ociklein.names import isName
 BASE = "base"
 CATALOG = "catalog"
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d+)?|\[[0-9A-Fa-f:.]+\](?::\d+)?")
+# Asked for pull or push in a repository, a token gets both where the
+# policy allows: clients such as oras-py take a token for pull (checking
+# which blobs exist) and then push with that same token.  Delete is only
+# granted when asked for.
+_UPGRADABLE = frozenset({"pull", "push"})
 _SCOPE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
 
 
@@ -266,7 +271,8 @@ class AccessControl:
     async def issueToken(self, request: IRequest, service: str | None, scopes: list[str]) -> dict[str, Any]:
         """
         A token for the caller (Basic credentials or anonymous) granting the
-        requested scopes, trimmed to what the policy allows.
+        requested scopes, trimmed to what the policy allows (pull and push
+        go together, see L{_UPGRADABLE}).
         """
         if self.issuer is None:
             raise errors.OCIError(404, "NAME_UNKNOWN", "no token service here", {})
@@ -289,7 +295,9 @@ class AccessControl:
             if kind == "registry" and repository == "catalog":
                 access.append({"type": "registry", "name": "catalog", "actions": ["*"]})
             elif kind == "repository" and isName(repository):
-                wanted = set(ACTIONS) if "*" in requested else requested
+                wanted = set(ACTIONS) if "*" in requested else set(requested)
+                if wanted & _UPGRADABLE:
+                    wanted |= _UPGRADABLE
                 granted = sorted(policy.actions(name, repository) & wanted)
                 access.append({"type": "repository", "name": repository, "actions": granted})
         return self.issuer.issue(name or "", access)
