@@ -254,3 +254,29 @@ async def test_external_token_service(tmp_path: Path) -> None:
     assert denied.code == 401 and 'error="insufficient_scope"' in (header(denied, "WWW-Authenticate") or "")
     noToken = await client.request("GET", "/token")
     assert noToken.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_challenge_realm_from_a_sane_host_only(tmp_path: Path) -> None:
+    """The challenge's realm names the Host the client asked for, unless that Host could break the header."""
+    _, client = tokenRegistry(tmp_path)
+    good = await client.request("GET", "/v2/", headers={"Host": "registry.example:5000"})
+    assert (
+        header(good, "WWW-Authenticate")
+        == 'Bearer realm="http://registry.example:5000/token",service="ociklein"'
+    )
+    evil = await client.request("GET", "/v2/", headers={"Host": 'x",realm="http://evil'})
+    assert header(evil, "WWW-Authenticate") == 'Bearer realm="http://localhost/token",service="ociklein"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_scopes_bounded(tmp_path: Path) -> None:
+    """/token grants at most 32 scopes, and a token listing more repositories is refused."""
+    _, client = tokenRegistry(tmp_path)
+    many = "&".join(f"scope=repository:public/r{i}:pull" for i in range(40))
+    assert len(claims(await token(client, None, many))["access"]) == 32
+    crowded = forged(
+        tmp_path, access=[{"type": "repository", "name": f"r{i}", "actions": ["pull"]} for i in range(33)]
+    )
+    response = await bearer(client, crowded).request("GET", "/v2/r1/tags/list")
+    assert response.code == 401
