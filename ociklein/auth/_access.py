@@ -212,7 +212,8 @@ class AccessControl:
         if expires == math.inf:
             # Throttled first: a blocked address learns nothing, not even
             # that a guess matches credentials verified earlier.
-            self.throttle.check(_clientAddress(request))
+            if self.throttle.watching:
+                self.throttle.check(_clientAddress(request))
             if generation == self._usersGeneration():
                 return user
         elif self._clock.seconds() < expires:
