@@ -482,14 +482,22 @@ def distributionConfig(port: int, accessLog: bool, storage: str) -> str:
     )
 
 
-def startServer(kind: str, workdir: Path, accessLog: bool, store: ObjectStore | None = None) -> Server:
+def startServer(
+    kind: str,
+    workdir: Path,
+    accessLog: bool,
+    extraArgs: tuple[str, ...] = (),
+    label: str | None = None,
+    store: ObjectStore | None = None,
+) -> Server:
     """
     Start C{kind} and return once it answers, and (for several processes)
     once every one of them listens.  C{accessLog} false turns off each
-    server's per-request log; true leaves each server's default.
+    server's per-request log; true leaves each server's default.  An
+    ociklein server gets C{extraArgs} too; C{label} names its log.
     """
     port = freePort()
-    log = workdir / f"{kind}.log"
+    log = workdir / f"{label or kind}.log"
     workers = WORKERS.get(kind, 1)
     root = workdir / f"{kind}-root"  # unused by the memory backend
     env = None
@@ -544,6 +552,7 @@ def startServer(kind: str, workdir: Path, accessLog: bool, store: ObjectStore | 
             argv += [f"--workers={workers}"]
         if not accessLog:
             argv += ["--access-log=no"]
+        argv += extraArgs
     with log.open("wb") as out:
         # A session (and process group) of its own: Ctrl-C reaches only this
         # script, whose finally clause then stops the server's whole group.
@@ -567,7 +576,7 @@ def startServer(kind: str, workdir: Path, accessLog: bool, store: ObjectStore | 
             try:
                 conn = server.connection(timeout=2.0)
                 conn.request("GET", "/v2/")
-                if conn.getresponse().status == 200:
+                if conn.getresponse().status in (200, 401):  # 401: with access control
                     conn.close()
                     return server
             except OSError:
@@ -783,11 +792,16 @@ def pull(server: Server, repository: str, blob: Blob, clients: int) -> float:
 _WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(server: Server, path: str, sizes: Sizes) -> tuple[float, float]:
+def wrk(
+    server: Server, path: str, sizes: Sizes, headers: dict[str, str] | None = None
+) -> tuple[float, float]:
     """
-    req/s and p99 latency (ms) of GET C{path}, from wrk --latency.
+    req/s and p99 latency (ms) of GET C{path}, from wrk --latency; every
+    request carries C{headers} too.
     """
     argv = ["wrk", "-t2", f"-c{sizes.wrkConnections}", f"-d{sizes.wrkSeconds}s", "--latency"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
     output = run([*argv, "-H", f"Accept: {OCI_MANIFEST}", server.url(path)], sizes.wrkSeconds + 60)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = re.search(r"Socket errors: (.*)", output)
@@ -1291,7 +1305,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"starting {kind} ...", file=sys.stderr)
             server = None
             try:
-                server = startServer(kind, workdir, accessLog, store)
+                server = startServer(kind, workdir, accessLog, store=store)
                 onStore = store if kind in ON_SEAWEEDFS else None
                 results[kind] = measure(server, data, sizes, headloadBinary, only, onStore)
             except BenchError as e:

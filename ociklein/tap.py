@@ -486,6 +486,16 @@ def _checkRoot(root: str) -> str:
     return root
 
 
+def _accessArguments(options: Mapping[str, Any]) -> list[str]:
+    """
+    The access-control options handed to a worker process (files made
+    absolute: a worker needs the same users, policies and keys).
+    """
+    files = [f"--{key}={os.path.abspath(options[key])}" for key in _FILES[:-1] if options.get(key)]
+    names = ("token-realm", "token-issuer", "token-service")
+    return files + [f"--{key}={options[key]}" for key in names if options.get(key)]
+
+
 def accessControl(options: Mapping[str, Any], reactor: Any) -> AccessControl | None:
     """
     The access control the options ask for; L{None} without any.
@@ -654,12 +664,7 @@ def _addWorkers(
         f"--upload-ttl={settings['upload-ttl']}",
         f"--access-log={'yes' if settings['access-log'] else 'no'}",
         *_switchArguments(settings),
-        *(f"--{key}={os.path.abspath(settings[key])}" for key in _FILES[:-1] if settings.get(key)),
-        *(
-            f"--{key}={settings[key]}"
-            for key in ("token-realm", "token-issuer", "token-service")
-            if settings.get(key)
-        ),
+        *_accessArguments(settings),
         *_limitArguments(settings),
         f"--log-format={settings['log-format']}",
         f"--metrics={'yes' if settings['metrics'] else 'no'}",

@@ -11,10 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from authhelpers import PASSWORDS, POLICY, Authorized, basic, htpasswd, writePolicy, writeUsers
 from conftest import StubClient
 from helpers import errorCode, header, pushBlob, pushImage, startUpload
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.logger import globalLogPublisher
@@ -254,3 +257,20 @@ async def test_default_cost_htpasswd(tmp_path: Path) -> None:
     client = StubClient(Registry(access=access))
     assert (await Authorized(client, basic("erin", "erin-pw")).request("GET", "/v2/")).code == 200
     assert (await Authorized(client, basic("erin", "wrong")).request("GET", "/v2/")).code == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_checker_remembers_verified_passwords(tmp_path: Path) -> None:
+    """The htpasswd checker runs bcrypt once per user and password, and again once the user's hash changes."""
+    registry, _ = guarded(tmp_path)
+    assert registry.access is not None and registry.access.passwords is not None
+    checker = registry.access.passwords
+    credentials = UsernamePassword(b"bob", PASSWORDS["bob"].encode())
+    assert await checker.requestAvatarId(credentials) == b"bob"
+    assert await checker.requestAvatarId(credentials) == b"bob"
+    assert checker.bcryptRuns == 1
+    with pytest.raises(UnauthorizedLogin):
+        await checker.requestAvatarId(UsernamePassword(b"bob", b"wrong"))
+    htpasswd(tmp_path / "htpasswd", "bob", PASSWORDS["bob"])  # same password, new salt
+    assert await checker.requestAvatarId(credentials) == b"bob"
+    assert checker.bcryptRuns == 3

@@ -59,6 +59,8 @@ def bearer(client: Any, value: str) -> Authorized:
 @pytest_twisted.ensureDeferred
 async def test_token_service_trims_to_policy(tmp_path: Path, kind: str) -> None:
     """/token answers Docker's token JSON, granting what the policy allows of what was asked (EC, RSA)."""
+    # Pull and push go together (oras-py pushes with the token it got for
+    # pull); delete only when asked for.
     _, client = tokenRegistry(tmp_path, kind)
     answer = await token(client, "bob", ALL + "&scope=registry:catalog:*&scope=bogus")
     assert set(answer) == {"token", "access_token", "expires_in", "issued_at"}
@@ -72,6 +74,10 @@ async def test_token_service_trims_to_policy(tmp_path: Path, kind: str) -> None:
         {"type": "repository", "name": "admin/secret", "actions": []},
         {"type": "registry", "name": "catalog", "actions": ["*"]},
     ]
+    upgraded = claims(await token(client, "bob", "scope=repository:team/app:pull"))
+    assert upgraded["access"] == [{"type": "repository", "name": "team/app", "actions": ["pull", "push"]}]
+    admin = claims(await token(client, "alice", "scope=repository:team/app:pull"))
+    assert admin["access"] == [{"type": "repository", "name": "team/app", "actions": ["pull", "push"]}]
     anonymous = claims(
         await token(client, None, "scope=repository:public/lib:pull,push repository:team/app:pull")
     )
@@ -248,3 +254,29 @@ async def test_external_token_service(tmp_path: Path) -> None:
     assert denied.code == 401 and 'error="insufficient_scope"' in (header(denied, "WWW-Authenticate") or "")
     noToken = await client.request("GET", "/token")
     assert noToken.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_challenge_realm_from_a_sane_host_only(tmp_path: Path) -> None:
+    """The challenge's realm names the Host the client asked for, unless that Host could break the header."""
+    _, client = tokenRegistry(tmp_path)
+    good = await client.request("GET", "/v2/", headers={"Host": "registry.example:5000"})
+    assert (
+        header(good, "WWW-Authenticate")
+        == 'Bearer realm="http://registry.example:5000/token",service="ociklein"'
+    )
+    evil = await client.request("GET", "/v2/", headers={"Host": 'x",realm="http://evil'})
+    assert header(evil, "WWW-Authenticate") == 'Bearer realm="http://localhost/token",service="ociklein"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_scopes_bounded(tmp_path: Path) -> None:
+    """/token grants at most 32 scopes, and a token listing more repositories is refused."""
+    _, client = tokenRegistry(tmp_path)
+    many = "&".join(f"scope=repository:public/r{i}:pull" for i in range(40))
+    assert len(claims(await token(client, None, many))["access"]) == 32
+    crowded = forged(
+        tmp_path, access=[{"type": "repository", "name": f"r{i}", "actions": ["pull"]} for i in range(33)]
+    )
+    response = await bearer(client, crowded).request("GET", "/v2/r1/tags/list")
+    assert response.code == 401

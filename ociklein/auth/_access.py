@@ -43,7 +43,21 @@ from ociklein.names import isName
 BASE = "base"
 CATALOG = "catalog"
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d+)?|\[[0-9A-Fa-f:.]+\](?::\d+)?")
+# Asked for pull or push in a repository, a token gets both where the
+# policy allows: clients such as oras-py take a token for pull (checking
+# which blobs exist) and then push with that same token.  Delete is only
+# granted when asked for.
+_UPGRADABLE = frozenset({"pull", "push"})
 _SCOPE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
+
+
+def _scope(action: str, repository: str | None) -> str | None:
+    """
+    The scope a challenge asks a token for.
+    """
+    if repository is not None:
+        return f"repository:{repository}:{_SCOPE_ACTIONS[action]}"
+    return "registry:catalog:*" if action == CATALOG else None
 
 
 def _clientAddress(request: IRequest) -> str:
@@ -167,30 +181,47 @@ class AccessControl:
             raise errors.unauthorized(challenge, {"reason": "malformed Basic credentials"})
         if credentials[0] == b"":
             return self.anonymous
-        # Before the cache: a throttled address learns nothing, not even
-        # that a guess matches credentials verified earlier.
-        address = _clientAddress(request)
-        self.throttle.check(address)
-        cached = self._verified.get(header)
-        if cached is not None and cached[1] == self._usersGeneration():
-            return cached[0]
+        cached = self._cached(request, header)
+        if cached is not None:
+            return cached
         if self.passwords is None:
             raise errors.unauthorized(challenge)
+        address = _clientAddress(request)
+        self.throttle.check(address)
 
         def failed() -> Exception:
             self.throttle.failed(address)
             return errors.unauthorized(challenge, {"reason": "wrong user name or password"})
 
+        generation = self._usersGeneration()
         user = await self._login(request, UsernamePassword(*credentials), failed)
         self.throttle.succeeded(address)
-        self._verified.put(header, (user, self._users.generation if self._users else 0, math.inf))
+        self._verified.put(header, (user, generation, math.inf))
         return user
 
-    async def _tokenUser(self, request: IRequest, header: bytes, value: bytes, scope: str | None) -> Any:
-        cached = self._verified.get(header)
-        if cached is not None and self._clock.seconds() < cached[2]:
-            return cached[0]
+    def _cached(self, request: IRequest, header: bytes) -> Any:
+        """
+        The user of an C{Authorization} header verified before and still
+        valid (the htpasswd file unchanged, the token unexpired); L{None}
+        otherwise.  The hot path: no bcrypt, no signature, no portal.
+        """
+        entry = self._verified.get(header)
+        if entry is None:
+            return None
+        user, generation, expires = entry
+        if expires == math.inf:
+            # Throttled first: a blocked address learns nothing, not even
+            # that a guess matches credentials verified earlier.
+            if self.throttle.watching:
+                self.throttle.check(_clientAddress(request))
+            if generation == self._usersGeneration():
+                return user
+        elif self._clock.seconds() < expires:
+            return user
+        self._verified.pop(header)
+        return None
 
+    async def _tokenUser(self, request: IRequest, header: bytes, value: bytes, scope: str | None) -> Any:
         def failed() -> Exception:
             return errors.unauthorized(
                 self.challenge(request, scope, "invalid_token"), {"reason": "invalid token"}
@@ -212,6 +243,9 @@ class AccessControl:
         header = request.getHeader(b"authorization")
         if not header:
             return self.anonymous
+        cached = self._cached(request, header)
+        if cached is not None:
+            return cached
         scheme, _, value = header.strip().partition(b" ")
         scheme = scheme.lower()
         if scheme == b"bearer" and self.tokenMode:
@@ -233,12 +267,16 @@ class AccessControl:
         challenge (anonymous, or a token lacking a scope its user could
         get) or 403.
         """
-        scope = None
-        if repository is not None:
-            scope = f"repository:{repository}:{_SCOPE_ACTIONS[action]}"
-        elif action == CATALOG:
-            scope = "registry:catalog:*"
-        user = await self.identify(request, scope)
+        header = request.getHeader(b"authorization")
+        user = self._cached(request, header) if header else self.anonymous
+        if user is None:
+            user = await self.identify(request, _scope(action, repository))
+        if repository is not None and user.may(action, repository):
+            return user
+        return self._judge(request, user, action, repository)
+
+    def _judge(self, request: IRequest, user: Any, action: str, repository: str | None) -> Any:
+        scope = _scope(action, repository)
         isToken = isinstance(user, TokenUser)
         if action == BASE:
             if user.name is None and not isToken:
@@ -251,8 +289,6 @@ class AccessControl:
                 )
             return user
         assert repository is not None
-        if user.may(action, repository):
-            return user
         if user.name is None:
             raise errors.unauthorized(
                 self.challenge(request, scope, "insufficient_scope" if isToken else None)
@@ -266,7 +302,8 @@ class AccessControl:
     async def issueToken(self, request: IRequest, service: str | None, scopes: list[str]) -> dict[str, Any]:
         """
         A token for the caller (Basic credentials or anonymous) granting the
-        requested scopes, trimmed to what the policy allows.
+        requested scopes, trimmed to what the policy allows (pull and push
+        go together, see L{_UPGRADABLE}).
         """
         if self.issuer is None:
             raise errors.OCIError(404, "NAME_UNKNOWN", "no token service here", {})
@@ -289,7 +326,9 @@ class AccessControl:
             if kind == "registry" and repository == "catalog":
                 access.append({"type": "registry", "name": "catalog", "actions": ["*"]})
             elif kind == "repository" and isName(repository):
-                wanted = set(ACTIONS) if "*" in requested else requested
+                wanted = set(ACTIONS) if "*" in requested else set(requested)
+                if wanted & _UPGRADABLE:
+                    wanted |= _UPGRADABLE
                 granted = sorted(policy.actions(name, repository) & wanted)
                 access.append({"type": "repository", "name": repository, "actions": granted})
         return self.issuer.issue(name or "", access)

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ociklein.auth._lru import BoundedCache
+
 ACTIONS = ("pull", "push", "delete")
 ANONYMOUS = "anonymous"
 AUTHENTICATED = "authenticated"
@@ -67,6 +69,10 @@ class Policy:
     def __init__(self, rules: Iterable[Rule], groups: dict[str, frozenset[str]]) -> None:
         self.rules = tuple(rules)
         self.groups = groups
+        # Answers by (user, repository): a policy never changes (a reloaded
+        # file is a new Policy), and the same few pairs come back on every
+        # request of a client.
+        self._answers: BoundedCache[tuple[str | None, str], frozenset[str]] = BoundedCache(4096)
 
     @classmethod
     def allowAuthenticated(cls) -> Policy:
@@ -87,6 +93,13 @@ class Policy:
         """
         What C{user} (L{None}: anonymous) may do in C{repository}.
         """
+        answer = self._answers.get((user, repository))
+        if answer is None:
+            answer = self._actions(user, repository)
+            self._answers.put((user, repository), answer)
+        return answer
+
+    def _actions(self, user: str | None, repository: str) -> frozenset[str]:
         principals = self._principals(user)
         granted: set[str] = set()
         for rule in self.rules:

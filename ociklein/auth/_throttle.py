@@ -43,6 +43,13 @@ class LoginThrottle:
         self._maxDelay = maxDelay
         self._failures: BoundedCache[str, _Failures] = BoundedCache(addresses)
 
+    @property
+    def watching(self) -> bool:
+        """
+        Whether any address has failed lately (else nobody is blocked).
+        """
+        return len(self._failures) > 0
+
     def check(self, address: str) -> None:
         """
         Refuse with 429 and C{Retry-After} while C{address} is blocked.
