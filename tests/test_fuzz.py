@@ -100,7 +100,9 @@ def _digestText(rng: random.Random, state: _State) -> str:
 
 
 def _number(rng: random.Random) -> str:
-    return _pick(rng, "0", "1", "5", "10000", "-1", "1e3", "%D9%A3", "9" * rng.choice([19, 4301, 6000]), "", "x")
+    return _pick(
+        rng, "0", "1", "5", "10000", "-1", "1e3", "%D9%A3", "9" * rng.choice([19, 4301, 6000]), "", "x"
+    )
 
 
 def _reference(rng: random.Random, state: _State) -> str:
