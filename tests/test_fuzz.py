@@ -289,7 +289,9 @@ def fuzzed(
     One twistd per backend for the whole fuzz run, without an access log.
     """
     tmp: Path = tmp_path_factory.mktemp(f"fuzz-{request.param}")
-    args = [f"--backend={request.param}", f"--root={tmp / 'root'}", "--access-log=no"]
+    args = [f"--backend={request.param}", "--access-log=no"]
+    if request.param == "fs":
+        args.append(f"--root={tmp / 'root'}")
     server = TwistdRegistry(args, tmp / "twistd.log").start()
     yield request.param, server
     server.stop()
