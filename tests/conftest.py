@@ -82,16 +82,21 @@ class StubClient:
 
 class LiveClient:
     """
-    treq against a registry listening on a real port of 127.0.0.1.
+    treq against a registry listening on a real port of 127.0.0.1; a
+    request (headers and body) not answered within C{timeout} seconds
+    fails the test rather than hang it.
     """
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, timeout: float = 60.0) -> None:
         self.base = base
+        self.timeout = timeout
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         kwargs.setdefault("persistent", False)
+        kwargs.setdefault("timeout", self.timeout)
         response = await treq.request(method, self.base + path, **kwargs)
-        response.body = await treq.content(response)
+        content: Deferred[bytes] = treq.content(response)
+        response.body = await content.addTimeout(self.timeout, reactor)
         return response
 
 

@@ -5,9 +5,12 @@ receives and serves a body far larger than its memory is allowed to grow.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +37,24 @@ def _readResponseHead(sock: socket.socket) -> bytes:
         assert chunk, "connection closed before the response"
         head += chunk
     return head
+
+
+def _untilStalled(sock: socket.socket, bounded: Callable[[], bool], seconds: float = 20.0) -> bool:
+    """
+    Poll until the bytes waiting in C{sock} have not grown for half a
+    second (the sender has stopped), asserting C{bounded} at each poll.
+    """
+    deadline = time.monotonic() + seconds
+    waiting, still = -1, 0
+    while time.monotonic() < deadline:
+        assert bounded()
+        now = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        still = still + 1 if now == waiting and now > 0 else 0
+        if still >= 10:
+            return True
+        waiting = now
+        time.sleep(0.05)
+    return False
 
 
 def test_upload_and_download_stream(twistdRegistry: Callable[..., TwistdRegistry], tmp_path: Path) -> None:
@@ -63,8 +84,11 @@ def test_upload_and_download_stream(twistdRegistry: Callable[..., TwistdRegistry
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.sendall(f"GET /v2/big/blobs/{blob} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        time.sleep(1.0)  # a client that does not read
-        assert _memory(pid, "VmRSS") - baseline < ALLOWED_GROWTH
+        # A client that does not read: wait (bounded) until the server has
+        # filled what the connection holds and stopped sending, checking
+        # its memory all along.
+        stalled = _untilStalled(sock, lambda: _memory(pid, "VmRSS") - baseline < ALLOWED_GROWTH)
+        assert stalled, "the server never stopped sending to a client that does not read"
         head = _readResponseHead(sock)
         assert head.startswith(b"HTTP/1.1 200"), head
         body = head.split(b"\r\n\r\n", 1)[1]

@@ -156,8 +156,14 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(
             status, _, _ = _request(server, "GET", f"/v2/library/app/manifests/{tag}")
             assert status == 404
         stop = threading.Event()
+        failures: list[BaseException] = []
 
-        def work(server: TwistdRegistry = server, round_: int = round_, stop: threading.Event = stop) -> None:
+        def work(
+            server: TwistdRegistry = server,
+            round_: int = round_,
+            stop: threading.Event = stop,
+            failures: list[BaseException] = failures,
+        ) -> None:
             i = 0
             while not stop.is_set() and i < 200:
                 tag = f"r{round_}-{i}"
@@ -171,7 +177,10 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(
                         status, _, _ = _request(server, "DELETE", f"/v2/library/app/manifests/{victim}")
                         if status == 202:
                             deleted.add(victim)
-                except (OSError, http.client.HTTPException, AssertionError):
+                except (OSError, http.client.HTTPException):
+                    return  # the kill cut this request
+                except AssertionError as e:  # a wrong answer: the test must fail
+                    failures.append(e)
                     return
                 i += 1
 
@@ -181,6 +190,8 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_write(
         server.kill()
         stop.set()
         worker.join(30)
+        assert not worker.is_alive(), "the writer thread hung"
+        assert failures == [], failures
     final = twistdRegistry("--backend=fs", f"--root={root}")
     assert acknowledged, "nothing was acknowledged before the kills"
     for image in acknowledged.values():

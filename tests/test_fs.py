@@ -743,7 +743,8 @@ async def test_unresumableUploadCommits(root: Path, store: FilesystemBlobStore) 
     assert os.listdir(root / "tmp") == []
 
 
-def test_sortedListingsReadAStillDirectoryOnce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest_twisted.ensureDeferred
+async def test_sortedListingsReadAStillDirectoryOnce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A directory that has not changed for a second is listed once, however many pages are read."""
     from ociklein.storage.fs import _listing as _fsutil
 
@@ -763,14 +764,15 @@ def test_sortedListingsReadAStillDirectoryOnce(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(_fsutil.os, "listdir", countingListdir)
     listings = _fsutil.SortedListings()
     for _ in range(5):
-        assert listings.names(str(directory), lambda n: n) == ["a", "b", "c"]
+        assert await listings.names(str(directory), lambda n: n) == ["a", "b", "c"]
     assert len(calls) == 1
     (directory / "d").touch()
-    assert listings.names(str(directory), lambda n: n) == ["a", "b", "c", "d"]
+    assert await listings.names(str(directory), lambda n: n) == ["a", "b", "c", "d"]
     assert len(calls) == 2
 
 
-def test_sortedListingsDoNotKeepARecentlyChangedDirectory(tmp_path: Path) -> None:
+@pytest_twisted.ensureDeferred
+async def test_sortedListingsDoNotKeepARecentlyChangedDirectory(tmp_path: Path) -> None:
     """A directory changed within the last second is listed afresh each time, so a second change
     in the same timestamp tick by another process is never hidden."""
     from ociklein.storage.fs import _listing as _fsutil
@@ -779,11 +781,37 @@ def test_sortedListingsDoNotKeepARecentlyChangedDirectory(tmp_path: Path) -> Non
     directory.mkdir()
     (directory / "a").touch()
     listings = _fsutil.SortedListings()
-    assert listings.names(str(directory), lambda n: n) == ["a"]
+    assert await listings.names(str(directory), lambda n: n) == ["a"]
     stamp = directory.stat().st_mtime_ns
     (directory / "b").touch()
     os.utime(directory, ns=(stamp, stamp))  # the same tick as before
-    assert listings.names(str(directory), lambda n: n) == ["a", "b"]
+    assert await listings.names(str(directory), lambda n: n) == ["a", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sortedListingsReadInAThreadOnce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory is read and sorted off the reactor thread, and callers asking for it at once
+    share one read."""
+    import threading
+
+    from ociklein.storage.fs import _listing as _fsutil
+
+    directory = tmp_path / "tags"
+    directory.mkdir()
+    (directory / "a").touch()
+    threads: list[str] = []
+    realListdir = os.listdir
+
+    def recordingListdir(path: Any) -> list[str]:
+        threads.append(threading.current_thread().name)
+        return realListdir(path)
+
+    monkeypatch.setattr(_fsutil.os, "listdir", recordingListdir)
+    listings = _fsutil.SortedListings()
+    pending = [listings.names(str(directory), lambda n: n) for _ in range(3)]
+    assert [await d for d in pending] == [["a"]] * 3
+    assert len(threads) == 1
+    assert threads[0] != threading.main_thread().name
 
 
 @pytest_twisted.ensureDeferred

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -40,10 +41,17 @@ class TwistdRegistry:
     output in C{logPath}.
     """
 
-    def __init__(self, args: list[str], logPath: Path, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        logPath: Path,
+        tls: tuple[Path, Path] | None = None,
+        openFiles: int | None = None,
+    ) -> None:
         self.args = args
         self.logPath = logPath
         self.tls = tls
+        self.openFiles = openFiles
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.twistd = twistdCommand()
@@ -76,7 +84,9 @@ class TwistdRegistry:
             command = self.command("--listen", listen, *self.args)
             logged = self.logPath.stat().st_size if self.logPath.exists() else 0
             with open(self.logPath, "ab") as log:
-                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                self.process = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limitFiles
+                )
             deadline = time.monotonic() + 30
             while self.process.poll() is None and time.monotonic() < deadline:
                 with open(self.logPath, "rb") as log:
@@ -86,6 +96,20 @@ class TwistdRegistry:
                 time.sleep(0.05)
             self.kill()
         raise RuntimeError(f"twistd did not listen: {self.logPath.read_text(errors='replace')}")
+
+    def _limitFiles(self) -> None:
+        """
+        In the child: lower both open-files limits, as C{ulimit -n} would.
+        """
+        if self.openFiles is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.openFiles, self.openFiles))
+
+    def openDescriptors(self) -> int:
+        """
+        How many descriptors the process holds now.
+        """
+        assert self.process is not None
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:

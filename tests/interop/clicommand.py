@@ -6,8 +6,11 @@ HOME and XDG directories (never the real ones), with a deadline.
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 COMMAND_TIMEOUT = 120
@@ -43,3 +46,33 @@ def ociklein(
     return subprocess.CompletedProcess(
         result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
     )
+
+
+def runInTerminal(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """
+    Run C{ociklein ARGS} with a pseudo-terminal as its standard output and
+    error; its exit status and everything it wrote there.
+    """
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ociklein.cli", *args],
+        env={**env, "TERM": "xterm-256color", "COLUMNS": "120"},
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    output = b""
+    deadline = time.monotonic() + COMMAND_TIMEOUT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main], [], [], 1)
+        if ready:
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # the terminal closed: the process is done
+                break
+            if not data:
+                break
+            output += data
+    os.close(main)
+    return process.wait(10), output.decode(errors="replace")

@@ -8,17 +8,12 @@ one-line errors and the exit statuses 0, 1 and 2.
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from clicommand import COMMAND_TIMEOUT, ociklein, userEnvironment
+from clicommand import ociklein, runInTerminal, userEnvironment
 from distributionfixture import Distribution
 from interophelpers import skopeo
 from ocilayout import makeImage, makeIndex, readLayout, writeLayout
@@ -115,36 +110,6 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         status = int(e.code or 0)
     assert status == 2
     assert capsys.readouterr().err
-
-
-def runInTerminal(env: dict[str, str], *args: str) -> tuple[int, str]:
-    """
-    Run C{ociklein ARGS} with a pseudo-terminal as its standard output and
-    error; its exit status and everything it wrote there.
-    """
-    main, secondary = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ociklein.cli", *args],
-        env={**env, "TERM": "xterm-256color", "COLUMNS": "120"},
-        stdin=subprocess.DEVNULL,
-        stdout=secondary,
-        stderr=secondary,
-    )
-    os.close(secondary)
-    output = b""
-    deadline = time.monotonic() + COMMAND_TIMEOUT
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([main], [], [], 1)
-        if ready:
-            try:
-                data = os.read(main, 65536)
-            except OSError:  # the terminal closed: the process is done
-                break
-            if not data:
-                break
-            output += data
-    os.close(main)
-    return process.wait(10), output.decode(errors="replace")
 
 
 @pytest.mark.parametrize("target", ["memory"], indirect=True)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clicommand import runInTerminal
 from interophelpers import RunningRegistry, skopeo, startRegistry, stopRegistry
 from ocilayout import Image, canonical, randomLayer, readLayout, sha256, writeLayout
 
@@ -98,3 +99,19 @@ def test_reclaimAfterDeletingHalf(tmp_path: Path) -> None:
             assert {sha256(data) for data in blobs.values()} == {image.digest, *image.blobs}
     finally:
         stopRegistry(server)
+
+
+def test_progressInATerminal(tmp_path: Path) -> None:
+    """On a terminal, gc draws its progress on the screen and still ends with its summary."""
+    server: RunningRegistry = startRegistry("fs", tmp_path)
+    try:
+        image = sharedImages()[0]
+        layout = writeLayout(tmp_path / "layout", image, "v1")
+        skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{server.address}/gc/tty:v1")
+    finally:
+        stopRegistry(server)
+    status, output = runInTerminal(dict(os.environ), "gc", "--root", str(tmp_path / "root"))
+    assert status == 0, output
+    assert "\x1b[" in output  # drawn, not logged
+    assert "blobs swept" in output
+    assert "gc: removed 0 manifests, 0 links, 0 blobs" in output

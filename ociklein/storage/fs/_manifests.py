@@ -120,6 +120,12 @@ class _Paths:
         name = digest.replace(":", "-") + ".json"
         return checkInside(self.directory, os.path.join(self.referrers(subject), name))
 
+    def registered(self) -> bool:
+        """
+        Whether the repository is in the catalog.
+        """
+        return os.path.exists(self.catalog)
+
     def register(self) -> Put:
         """
         Enter the repository in the catalog, once.
@@ -229,7 +235,7 @@ class FilesystemManifestBackend:
         prepareRoot(root)
         self._root = os.path.realpath(root)
         self._reactor = resolveReactor(reactor)
-        self._listings = SortedListings()
+        self._listings = SortedListings(self._reactor)
         self._committer = GroupCommitter(self._root, self._reactor)
         self._cache = FileCache()
 
@@ -335,23 +341,23 @@ class FilesystemManifestBackend:
         return await inThread(self._reactor, removeDurably, path)
 
     def listTags(self, repository: str, last: str | None, limit: int) -> Deferred[list[str] | None]:
-        return maybeDeferred(self._listTags, repository, last, limit)
+        return Deferred.fromCoroutine(self._listTags(repository, last, limit))
 
-    def _listTags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
+    async def _listTags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
         paths = self._paths(repository)
-        if not os.path.exists(paths.catalog):
+        if not paths.registered():
             return None
         try:
-            tags = self._listings.names(paths.tags, _tagName)
+            tags = await self._listings.names(paths.tags, _tagName)
         except FileNotFoundError:
             tags = []
         return page(tags, last, limit)
 
     def listRepositories(self, last: str | None, limit: int) -> Deferred[list[str]]:
-        return maybeDeferred(self._listRepositories, last, limit)
+        return Deferred.fromCoroutine(self._listRepositories(last, limit))
 
-    def _listRepositories(self, last: str | None, limit: int) -> list[str]:
-        names = self._listings.names(os.path.join(self._root, "catalog"), _repositoryName)
+    async def _listRepositories(self, last: str | None, limit: int) -> list[str]:
+        names = await self._listings.names(os.path.join(self._root, "catalog"), _repositoryName)
         return page(names, last, limit)
 
     def referrers(self, repository: str, subject: str) -> Deferred[list[dict[str, Any]]]:
