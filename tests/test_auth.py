@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from authhelpers import PASSWORDS, POLICY, Authorized, basic, htpasswd, writePolicy, writeUsers
-from conftest import StubClient
+from conftest import StubClient, serve
 from helpers import errorCode, header, pushBlob, pushImage, startUpload
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -274,3 +274,22 @@ async def test_checker_remembers_verified_passwords(tmp_path: Path) -> None:
     htpasswd(tmp_path / "htpasswd", "bob", PASSWORDS["bob"])  # same password, new salt
     assert await checker.requestAvatarId(credentials) == b"bob"
     assert checker.bcryptRuns == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_log_names_the_user(tmp_path: Path) -> None:
+    """The access log line of a request names its signed-in user, '-' for anonymous, never the password."""
+    registry, _ = guarded(tmp_path)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        async for live in serve(registry):
+            assert (await as_(live, "carol").request("GET", "/v2/")).code == 200
+            assert (await live.request("GET", "/v2/")).code == 401
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e["ociklein_line"]() for e in events if "ociklein_line" in e]
+    [signedIn] = [line for line in lines if " carol " in line]
+    assert '"GET /v2/ HTTP/1.1" 200' in signedIn
+    assert any(" - " in line and '"GET /v2/ HTTP/1.1" 401' in line for line in lines)
+    assert PASSWORDS["carol"] not in repr(events)
