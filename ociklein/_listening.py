@@ -42,6 +42,11 @@ class StartupError(Exception):
     """
 
 
+# A daemonizing twistd shows the launcher at most 100 characters of
+# "module.Class: message": a short module name leaves them to the message.
+StartupError.__module__ = "ociklein"
+
+
 def exitOnStartupError(prog: str, echo: bool = True) -> None:
     """
     Print a L{StartupError} that reaches the top of the program as one line

@@ -55,7 +55,7 @@ class _HandingSockets:
     gets the listening sockets, as descriptors 3, 4, ...
     """
 
-    def __init__(self, reactor: Any, descriptors: Callable[[], Sequence[int]]) -> None:
+    def __init__(self, reactor: IReactorProcess, descriptors: Callable[[], Sequence[int]]) -> None:
         self._reactor = reactor
         self._descriptors = descriptors
 

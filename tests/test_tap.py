@@ -402,7 +402,7 @@ def test_listen_failure_daemon(tmp_path: Path, takenPort: int) -> None:
         timeout=30,
     )
     assert result.returncode != 0
-    assert "cannot listen on tcp:" in result.stderr
+    assert f"cannot listen on {listen}: Address already in use" in result.stderr
     assert "Address already in use" in (tmp_path / "log").read_text()
     # The daemon removes its pid file just after reporting to the launcher.
     deadline = time.monotonic() + 10
