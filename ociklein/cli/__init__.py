@@ -17,11 +17,25 @@ from collections.abc import Sequence
 FAMILIES: tuple[str, ...] = ("ociklein.cli._client", "ociklein.cli._maintenance")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from ociklein import __version__
+class _Version(argparse.Action):
+    """
+    C{--version}, looked up only when asked for: reading the installed
+    package's metadata costs a noticeable part of every verb's start.
+    """
 
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from ociklein import __version__
+
+        print(f"ociklein {__version__}")
+        parser.exit()
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ociklein", description="OCI registry client and maintenance tool")
-    parser.add_argument("--version", action="version", version=f"ociklein {__version__}")
+    parser.add_argument("--version", action=_Version)
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     for name in FAMILIES:
         importlib.import_module(name).register(subparsers)

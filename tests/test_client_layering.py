@@ -1,0 +1,32 @@
+"""
+The client is a layer of its own: ociklein.client and the client verbs
+speak HTTP and import none of the server (ociklein.core, ociklein.http,
+ociklein.storage, Klein), which also keeps the command's start short.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_client_imports_none_of_the_server() -> None:
+    """Importing ociklein.client and registering the client verbs loads no server module."""
+    code = (
+        "import json, sys\n"
+        "import argparse, ociklein.client, ociklein.cli._client\n"
+        "ociklein.cli._client.register(argparse.ArgumentParser().add_subparsers())\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    modules = json.loads(result.stdout)
+    server = [
+        name
+        for name in modules
+        if name in ("klein", "werkzeug", "ociklein.core", "ociklein.registry", "importlib.metadata")
+        or name.startswith(("ociklein.http", "ociklein.storage", "ociklein.auth"))
+    ]
+    assert server == []
