@@ -27,7 +27,7 @@ from ociklein.interfaces import (
     IUpload,
 )
 from ociklein.manifests import OCI_INDEX, Manifest, parseManifest
-from ociklein.names import decimal, isDigestShaped, isName, isSupportedDigest, isTag
+from ociklein.names import SUPPORTED_ALGORITHMS, decimal, isDigestShaped, isName, isSupportedDigest, isTag
 
 DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 1000
@@ -152,6 +152,17 @@ class RegistryCore:
         if not isSupportedDigest(digest):
             raise errors.OCIError(
                 400, "DIGEST_INVALID", "unsupported digest algorithm or encoding", {"digest": digest}
+            )
+
+    @staticmethod
+    def checkAlgorithm(algorithm: str | None) -> None:
+        """
+        Refuse an upload announcing (C{?digest-algorithm=}) a digest
+        algorithm this registry does not store, before any byte is sent.
+        """
+        if algorithm is not None and algorithm not in SUPPORTED_ALGORITHMS:
+            raise errors.OCIError(
+                400, "DIGEST_INVALID", "unsupported digest algorithm", {"algorithm": algorithm[:100]}
             )
 
     @staticmethod

@@ -408,3 +408,35 @@ async def test_sparse_blobs_of_other_algorithms(client: Any, options: dict[str, 
     assert response.code == 201, response.body
     code, got = await manifestAt(client, "mirror/odd", "v1")
     assert (code, got.body) == (200, content)
+
+
+# -- digest-algorithm on the POST that starts an upload ---------------------
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+@pytest_twisted.ensureDeferred
+async def test_upload_announcing_its_algorithm(client: Any, algorithm: str) -> None:
+    """A session started with a supported ?digest-algorithm= takes blobs of it, chunked or whole."""
+    data = b"announced " * 100
+    digest = digestOf(data, algorithm)
+    response = await client.request("POST", f"/v2/algo/blobs/uploads/?digest-algorithm={algorithm}")
+    assert response.code == 202, response.body
+    location = header(response, "Location")
+    patched = await client.request("PATCH", location, data=data[:10], headers={"Content-Range": "0-9"})
+    assert patched.code == 202, patched.body
+    finished = await client.request("PUT", f"{location}?digest={digest}", data=data[10:])
+    assert finished.code == 201, finished.body
+    got = await client.request("GET", f"/v2/algo/blobs/{digest}")
+    assert (got.code, got.body) == (200, data)
+    other = digestOf(b"whole", algorithm)
+    path = f"/v2/algo/blobs/uploads/?digest-algorithm={algorithm}&digest={other}"
+    assert (await client.request("POST", path, data=b"whole")).code == 201
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha384", "SHA256", "", "sha256%00"])
+@pytest_twisted.ensureDeferred
+async def test_upload_announcing_unsupported_algorithm(client: Any, algorithm: str) -> None:
+    """?digest-algorithm= of an algorithm ociklein does not store is 400 DIGEST_INVALID, no session."""
+    response = await client.request("POST", f"/v2/algo/blobs/uploads/?digest-algorithm={algorithm}")
+    assert (response.code, errorCode(response)) == (400, "DIGEST_INVALID")
+    assert header(response, "Location") is None

@@ -468,6 +468,7 @@ class RegistryRoutes:
 
     async def startUpload(self, request: IRequest, name: str) -> bytes:
         self.core.checkName(name)
+        self.core.checkAlgorithm(_arg(request, "digest-algorithm"))
         mount, source, digest = _arg(request, "mount"), _arg(request, "from"), _arg(request, "digest")
         if mount is not None:
             user = _user(request)
