@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from seaweedfixture import S3Backends
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from ociklein.interfaces import (
@@ -152,6 +153,26 @@ async def test_unknownBlob(backends: Backends) -> None:
     digest = sha256(b"nothing")
     assert await backends.blobs.stat(digest) is None
     assert await backends.blobs.open(digest) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_writeWhileWritingIsRefusedAsBusy(backends: Backends) -> None:
+    """A write while an earlier one is under way fails as busy and writes nothing."""
+    upload = await backends.blobs.startUpload("library/alpine")
+    first = upload.write(b"a" * (8 * 1024 * 1024))
+    outcomes: list[object] = []
+    second = upload.write(b"b")
+    second.addBoth(outcomes.append)
+    if not first.called:
+        assert len(outcomes) == 1 and isinstance(outcomes[0], Failure)
+        assert outcomes[0].check(BlockingIOError)
+    await first
+    if outcomes and isinstance(outcomes[0], Failure):
+        assert upload.size == 8 * 1024 * 1024
+    else:
+        await second
+        assert upload.size == 8 * 1024 * 1024 + 1
+    await upload.abort()
 
 
 @pytest_twisted.ensureDeferred

@@ -178,7 +178,7 @@ class _FileUpload:
         if self._error is not None:
             return fail(self._error)
         if self._writing:
-            return fail(RuntimeError(f"upload {self.uploadId} is being written"))
+            return fail(BlockingIOError(errno.EAGAIN, f"upload {self.uploadId} is being written"))
         try:
             fd = self._open()
         except (OSError, ValueError) as e:

@@ -20,6 +20,7 @@ multipart upload: the data never comes back through the node.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from typing import TYPE_CHECKING, Any
@@ -130,7 +131,7 @@ class S3Upload:
         if self._ended:
             return ValueError(f"upload {self.uploadId} has ended")
         if self._busy:
-            return RuntimeError(f"upload {self.uploadId} is being written")
+            return BlockingIOError(errno.EAGAIN, f"upload {self.uploadId} is being written")
         return None
 
     def _guarded(self, d: Deferred[Any]) -> Deferred[Any]:
