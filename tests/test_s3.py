@@ -345,3 +345,35 @@ async def test_catalogOfLongNames(seaweedfs: SeaweedFS) -> None:
         assert await node.blobs.listLinkedRepositories(expected[2], 100) == expected[3:]
     finally:
         node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_putsSendNoExpectContinue(twoNodes: tuple[S3Backends, S3Backends]) -> None:
+    """
+    No request carries C{Expect: 100-continue}: botocore's own handling of
+    the interim answer can leave a pooled connection reading a response
+    whose status line it already consumed, until the read timeout.
+    """
+    a, _ = twoNodes
+    sent: list[tuple[str, str, str | None]] = []
+
+    def seen(request: Any, **kwargs: Any) -> None:
+        expect = request.headers.get("Expect")
+        sent.append((request.method, request.url, expect.decode() if isinstance(expect, bytes) else expect))
+
+    a.client.s3.meta.events.register("before-send.s3", seen)
+    try:
+        data = os.urandom(PART + 10)
+        upload = await a.blobs.startUpload("repo")
+        await upload.write(data)
+        await upload.flush()
+        await upload.commit(digestOf(data))
+        manifest = b'{"schemaVersion": 2}'
+        await a.manifests.putManifest("repo", digestOf(manifest), "application/json", manifest, None, {})
+        await a.manifests.setTag("repo", "v1", digestOf(manifest))
+    finally:
+        a.client.s3.meta.events.unregister("before-send.s3", seen)
+    puts = [entry for entry in sent if entry[0] in ("PUT", "POST")]
+    assert any("partNumber=" in url for _, url, _ in puts), sent
+    assert len(puts) >= 3, sent
+    assert [entry for entry in puts if entry[2] is not None] == []

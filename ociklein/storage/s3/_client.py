@@ -32,6 +32,26 @@ _sessions: dict[str | None, Any] = {}
 _clients: dict[tuple[Any, ...], Any] = {}
 
 
+def _withoutExpectContinue(client: Any) -> None:
+    """
+    Send every body at once, without C{Expect: 100-continue}.
+
+    botocore puts that header on every PUT and then reads the interim
+    answer itself, outside http.client.  When an object store answers a
+    body-less PUT with its final status (SeaweedFS does, as Go's server
+    must), or answers late on a loaded machine, that path can leave a
+    response's status line consumed and its headers unparsed on a pooled
+    connection (urllib3 logs C{MissingHeaderBodySeparatorDefect}); the next
+    read then waits for the full read timeout (boto/botocore#3010).  Our
+    bodies are small objects and parts of at most 64 MiB sent to a store we
+    are allowed to write, so the round trip the header would save on a
+    refusal is not worth a hung connection, nor its cost on every PUT.
+    """
+    from botocore.handlers import add_expect_header
+
+    client.meta.events.unregister("before-call.s3", add_expect_header)
+
+
 class S3Config:
     """
     Where the bucket is and how to reach it; C{None} means the standard AWS
@@ -100,13 +120,15 @@ class S3Config:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        return session.client(
+        client = session.client(
             "s3",
             endpoint_url=self.endpoint,
             region_name=self.region or "us-east-1",
             verify=self.caFile if self.caFile else True,
             config=config,
         )
+        _withoutExpectContinue(client)
+        return client
 
     def check(self) -> None:
         """
