@@ -379,6 +379,34 @@ class RegistryClient:
             await upload(self.transport, repository, digest, size, f, progress, self.chunkSize)
         return digest
 
+    async def copyBlob(
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        source: RegistryClient,
+        sourceRepository: str,
+        progress: Progress | None = None,
+    ) -> None:
+        """
+        Copy a blob of C{size} bytes from a repository of another registry,
+        streamed from its download into the upload with no file between,
+        its digest checked before its last bytes are sent; on failure the
+        upload is deleted and nothing is stored.
+        """
+        from ociklein.client._relay import relay
+
+        await relay(
+            source.transport,
+            sourceRepository,
+            self.transport,
+            repository,
+            digest,
+            size,
+            progress or Progress(),
+            self.chunkSize,
+        )
+
     async def pushBytes(self, repository: str, data: bytes) -> str:
         """
         Upload a small blob (a config, an annotation) from memory; its digest.

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from ociklein.client._authfile import lookupCredentials
 from ociklein.client._client import Manifest, RegistryClient, digestOf
@@ -175,6 +175,9 @@ class _Copier:
         self.progress = progress
         self.withReferrers = referrers
         self.blobs: dict[str, Deferred[str]] = {}
+        # The first blob that failed: the blobs still waiting for their
+        # turn give up at once instead of starting.
+        self.failed: BaseException | None = None
         self.manifests: set[str] = set()
         self.result = CopyResult("", "", 0)
         self.temporary = tempfile.TemporaryDirectory(prefix="ociklein-copy-")
@@ -191,6 +194,15 @@ class _Copier:
         return self.blobs[digest]
 
     async def _copyBlob(self, digest: str, size: int) -> str:
+        if self.failed is not None:
+            raise self.failed
+        try:
+            return await self._moveBlob(digest, size)
+        except BaseException as e:
+            self.failed = self.failed or e
+            raise
+
+    async def _moveBlob(self, digest: str, size: int) -> str:
         source, destination = self.source, self.destination
         if await destination.hasBlob(digest):
             outcome = "skipped"
@@ -233,9 +245,22 @@ class _Copier:
             )
             self.result.bytes += size
             return "pushed"
-        # Registry to registry: through a verified temporary file, each half
-        # of the way reported as half of the blob.
+        # Registry to registry: streamed from the download into the upload.
         progress.started(digest, size, "copy")
+        if size > 0:
+            try:
+                await destination.client.copyBlob(
+                    destination.repository, digest, size, source.client, source.repository, progress
+                )
+            except RegistryError as e:
+                if e.code != "CONNECTION_FAILED":
+                    raise
+                # A stream cannot resume: copy again through a file, whose
+                # download and upload each resume where they broke.
+                progress.advanced(digest, 0)
+            else:
+                self.result.bytes += size
+                return "pushed"
         halves = _Halves(progress, size)
         path = os.path.join(self.temporary.name, digest.replace(":", "-"))
         f = _openForWriting(path)
@@ -260,14 +285,9 @@ class _Copier:
         document = manifest.document()
         if manifest.mediaType in INDEX_TYPES or "manifests" in document:
             children = [c for c in document.get("manifests") or [] if isinstance(c, dict)]
-            await gatherResults(
-                [Deferred.fromCoroutine(self._copyChild(child, depth)) for child in children],
-                consumeErrors=True,
-            ).addErrback(lambda f: f.value.subFailure.raiseException())
+            await _all([Deferred.fromCoroutine(self._copyChild(child, depth)) for child in children])
         elif manifest.mediaType in IMAGE_TYPES or "config" in document or "layers" in document:
-            await gatherResults(
-                [self.copyBlob(blob) for blob in _blobsOf(document)], consumeErrors=True
-            ).addErrback(lambda f: f.value.subFailure.raiseException())
+            await _all([self.copyBlob(blob) for blob in _blobsOf(document)])
         await self.destination.putManifest(manifest, tag)
         self.manifests.add(manifest.digest)
         self.result.manifests.append(manifest.digest)
@@ -301,6 +321,16 @@ class _Copier:
                 found.append(referrer)
         if found:
             await self.copyReferrers(found, depth + 1)
+
+
+async def _all(work: list[Deferred[Any]]) -> None:
+    """
+    Wait for every one of C{work}, then raise the first failure: nothing
+    a copy started is still running when it ends.
+    """
+    for ok, value in await DeferredList(work, consumeErrors=True):
+        if not ok:
+            value.raiseException()
 
 
 def _copyFile(path: str | os.PathLike[str], f: IO[bytes]) -> None:
