@@ -27,6 +27,9 @@ from helpers import (
     OCI_MANIFEST,
 )
 
+# The artifact type of the test artifacts that refer to an image.
+ARTIFACT = "application/vnd.example.signature"
+
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
@@ -148,6 +151,23 @@ def makeIndex(platforms: list[tuple[str, str]], docker: bool = False) -> Index:
         ],
     }
     return Index(canonical(document), images, mediaType)
+
+
+def artifactFor(subject: Image) -> Image:
+    """
+    A small artifact whose subject is C{subject}.
+    """
+    payload = b'{"signed": true}'
+    empty = b"{}"
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": ARTIFACT,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(empty), "size": 2},
+        "layers": [{"mediaType": "application/json", "digest": sha256(payload), "size": len(payload)}],
+        "subject": subject.descriptor(),
+    }
+    return Image(canonical(manifest), {sha256(empty): empty, sha256(payload): payload})
 
 
 def writeLayout(path: Path, top: Image | Index, tag: str) -> Path:

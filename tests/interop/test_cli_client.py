@@ -16,8 +16,10 @@ import pytest
 from clicommand import ociklein, runInTerminal, userEnvironment
 from distributionfixture import Distribution
 from interophelpers import skopeo
-from ocilayout import makeImage, makeIndex, readLayout, writeLayout
+from ocilayout import ARTIFACT, artifactFor, makeImage, makeIndex, readLayout, writeLayout
 from twistdprocess import freePort
+
+from ociklein.client import ImageLayout
 
 pytest_plugins = ["clientfixtures"]
 
@@ -46,6 +48,33 @@ def test_push_pull_copy_keep_digests(target: Any, env: dict[str, str], tmp_path:
     assert copied.returncode == 0, copied.stderr
     report = json.loads(copied.stdout)
     assert report["digest"] == index.digest and set(report["blobs"].values()) == {"mounted"}
+
+
+@pytest.mark.parametrize("target", ["fs"], indirect=True)
+def test_copy_with_referrers(target: Any, distribution: Any, env: dict[str, str], tmp_path: Path) -> None:
+    """copy --referrers takes an image's referrers to another registry; copy without it, none."""
+    image = makeImage(layers=2)
+    artifact = artifactFor(image)
+    layout = ImageLayout(writeLayout(tmp_path / "in", image, "v1"))
+    for digest, data in {**artifact.blobs, artifact.digest: artifact.manifest}.items():
+        layout.writeSmall(digest, data)
+    layout.addManifest({**artifact.descriptor(), "artifactType": ARTIFACT}, None)
+    source = f"{target.address}/cli/signed:v1"
+    pushed = ociklein(env, "push", "--referrers", f"{tmp_path / 'in'}:v1", source)
+    assert pushed.returncode == 0, pushed.stderr
+    copies = {"with": f"{distribution.address}/cli/signed-{target.port}:v1", "without": ""}
+    copies["without"] = copies["with"].replace("signed-", "unsigned-")
+    for kind, destination in copies.items():
+        argv = ["copy", "--json", *(["--referrers"] if kind == "with" else []), source, destination]
+        copied = ociklein(env, *argv)
+        assert copied.returncode == 0, copied.stderr
+        report = json.loads(copied.stdout)
+        assert report["digest"] == image.digest
+        assert (artifact.digest in report["manifests"]) == (kind == "with")
+        inspected = ociklein(env, "inspect", "--json", destination)
+        assert inspected.returncode == 0, inspected.stderr
+        referrers = [r["digest"] for r in json.loads(inspected.stdout)["referrers"]]
+        assert referrers == ([artifact.digest] if kind == "with" else []), kind
 
 
 @pytest.mark.parametrize("target", ["memory"], indirect=True)

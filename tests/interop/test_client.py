@@ -12,14 +12,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from ocilayout import Image, canonical, makeImage, makeIndex, readLayout, sha256, writeLayout
+from ocilayout import ARTIFACT, artifactFor, makeImage, makeIndex, readLayout, writeLayout
 from twisted.internet import reactor
 
 from ociklein.client import Clients, ImageLayout, RegistryClient, RegistryError, copy, pull, push
 
 pytest_plugins = ["clientfixtures"]
-
-ARTIFACT = "application/vnd.example.signature"
 
 
 def assertLayoutHolds(path: Path, top: Any, tag: str) -> None:
@@ -57,23 +55,6 @@ async def test_push_and_pull_a_multiarch_index(target: Any, tmp_path: Path) -> N
     assert set(result.manifests) == {index.digest, *(image.digest for image in index.images)}
     await copy(f"{target.address}/client/multi:multi", f"oci:{tmp_path / 'out'}", reactor=reactor)
     assertLayoutHolds(tmp_path / "out", index, "multi")
-
-
-def artifactFor(subject: Image) -> Image:
-    """
-    A small artifact whose subject is C{subject}.
-    """
-    payload = b'{"signed": true}'
-    empty = b"{}"
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": ARTIFACT,
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(empty), "size": 2},
-        "layers": [{"mediaType": "application/json", "digest": sha256(payload), "size": len(payload)}],
-        "subject": subject.descriptor(),
-    }
-    return Image(canonical(manifest), {sha256(empty): empty, sha256(payload): payload})
 
 
 @pytest_twisted.ensureDeferred
