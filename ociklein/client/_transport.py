@@ -156,6 +156,7 @@ class Transport:
         if not self.host:
             raise ValueError(f"{registry!r} names no registry host")
         self._scheme: str | None = parts.scheme or None
+        self._probing: list[defer.Deferred[None]] | None = None
         loopback = isLoopback(parts.hostname or "")
         self._fallback = not tlsVerify or loopback
         # A plain-HTTP server may never answer a TLS ClientHello: the HTTPS
@@ -194,8 +195,27 @@ class Transport:
         """
         C{scheme://host}, deciding the scheme on first use.
         """
+        if self._scheme is None and self._probing is not None:
+            # One probe at a time: the requests a copy starts together wait
+            # for the first one's, and share its answer or its error.
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._probing.append(waiter)
+            await waiter
         if self._scheme is None:
-            self._scheme = await self._probe()
+            self._probing = []
+            error: BaseException | None = None
+            try:
+                self._scheme = await self._probe()
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                waiters, self._probing = self._probing, None
+                for waiter in waiters:
+                    if error is None:
+                        waiter.callback(None)
+                    else:
+                        waiter.errback(Failure(error))
         return f"{self._scheme}://{self.host}"
 
     async def _probe(self) -> str:

@@ -19,11 +19,16 @@ from clienthelpers import CuttingProxy, TokenGate
 from interophelpers import RunningRegistry, selfSignedCertificate, startRegistry, stopRegistry
 from ocilayout import makeImage, sha256, writeLayout
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from ociklein import Registry
 from ociklein.client import Clients, RegistryClient, RegistryError, copy, push
+from ociklein.http._plainhttp import RefuseTLSFactory
 
 pytest_plugins = ["clientfixtures"]
 
@@ -82,6 +87,40 @@ async def test_copy_through_bearer_flow_with_auth_file(serving: Any, tmp_path: P
     finally:
         await clients.close()
     assert result.digest == image.digest and result.counts() == {"pushed": 3}
+
+
+class _CountingHellos(ProtocolWrapper):
+    checked = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.checked:
+            self.checked = True
+            self.factory.hellos += data[:1] == b"\x16"  # type: ignore[attr-defined]
+        super().dataReceived(data)
+
+
+class CountingHellos(WrappingFactory):
+    """
+    Counts the connections that open with a TLS ClientHello.
+    """
+
+    protocol = _CountingHellos
+    hellos = 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_started_together_share_one_https_probe() -> None:
+    """A new client's first requests, sent at once, share one HTTPS probe instead of each making its own."""
+    counting = CountingHellos(RefuseTLSFactory(Site(Registry().resource())))
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(counting)
+    try:
+        async with RegistryClient(f"127.0.0.1:{port.getHost().port}", reactor=reactor) as client:
+            sizes = await gatherResults(
+                [Deferred.fromCoroutine(client.headBlob("a/b", sha256(b"%d" % i))) for i in range(4)]
+            )
+    finally:
+        await port.stopListening()
+    assert sizes == [None] * 4 and counting.hellos == 1
 
 
 class Flaky(Resource):
