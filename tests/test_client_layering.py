@@ -30,3 +30,36 @@ def test_client_imports_none_of_the_server() -> None:
         or name.startswith(("ociklein.http", "ociklein.storage", "ociklein.auth"))
     ]
     assert server == []
+
+
+def test_a_client_verb_imports_no_maintenance() -> None:
+    """Parsing a client verb's command line registers only the client verbs: no maintenance, no core."""
+    code = (
+        "import json, sys\n"
+        "import ociklein.cli\n"
+        "argv = ['copy', '--json', 'a/b:c', 'oci:d']\n"
+        "ociklein.cli._parser(argv).parse_args(argv)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    modules = json.loads(result.stdout)
+    assert "ociklein.cli._client" in modules
+    assert [n for n in modules if n.startswith(("ociklein.maintenance", "ociklein.cli._maintenance"))] == []
+    assert "ociklein.core" not in modules
+
+
+def test_every_verb_is_mapped_to_its_family() -> None:
+    """ociklein.cli.VERBS names exactly the verbs each family registers."""
+    import argparse
+    import importlib
+
+    from ociklein.cli import FAMILIES, VERBS
+
+    registered = {}
+    for family in FAMILIES:
+        subparsers = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(family).register(subparsers)
+        registered.update(dict.fromkeys(subparsers.choices, family))
+    assert registered == VERBS

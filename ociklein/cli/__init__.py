@@ -15,6 +15,15 @@ from collections.abc import Sequence
 # its subcommands with C{set_defaults(run=function)}; C{function(args)}
 # returns the exit status.
 FAMILIES: tuple[str, ...] = ("ociklein.cli._client", "ociklein.cli._maintenance")
+# The family of each verb, so that running one imports only its own family
+# (the maintenance verbs import the storage contracts and the registry
+# core, which a copy does not need).  A test checks it against FAMILIES.
+VERBS: dict[str, str] = {
+    **dict.fromkeys(
+        ("push", "pull", "copy", "ls", "tags", "inspect", "rm", "login", "logout"), "ociklein.cli._client"
+    ),
+    **dict.fromkeys(("gc", "scrub", "du"), "ociklein.cli._maintenance"),
+}
 
 
 class _Version(argparse.Action):
@@ -33,11 +42,17 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """
+    The command's parser: with every verb, or only the family of the verb
+    C{argv} names.
+    """
     parser = argparse.ArgumentParser(prog="ociklein", description="OCI registry client and maintenance tool")
     parser.add_argument("--version", action=_Version)
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name in FAMILIES:
+    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    family = VERBS.get(words[0]) if words else None
+    for name in FAMILIES if family is None else (family,):
         importlib.import_module(name).register(subparsers)
     return parser
 
@@ -46,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     Run one verb; 0 on success, 1 on failure, 2 on a usage error.
     """
-    parser = _parser()
+    parser = _parser(argv)
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_usage(sys.stderr)
