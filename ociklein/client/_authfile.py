@@ -2,7 +2,10 @@
 Credentials in the auth files skopeo, podman and docker share: a JSON
 object whose C{auths} map a registry to C{{"auth": base64("user:password")}}.
 They are read in the containers tools' order and written where C{podman
-login} writes, so that a login with either tool serves the other.
+login} writes, so that a login with either tool serves the other.  A file
+may instead name credential helpers, as docker's does: C{credHelpers} maps
+a registry to one, C{credsStore} names one for every registry; helper
+C{NAME} is the program C{docker-credential-NAME}, asked with C{get}.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,13 +73,88 @@ def _load(path: Path) -> dict[str, Any]:
     return document
 
 
+# How long a credential helper may take (one that asks for a passphrase
+# on a terminal gets this long to be answered).
+HELPER_TIMEOUT = 60.0
+# Docker's name for Docker Hub in auth files and helpers.
+_DOCKER_HUB = "https://index.docker.io/v1/"
+
+
+def _askHelper(
+    name: str, registry: str, env: Mapping[str, str] | None, required: bool
+) -> tuple[str, str] | None:
+    """
+    Ask C{docker-credential-NAME get} for C{registry}'s credentials:
+    L{None} when it has none (or, unless C{required}, when it is not
+    installed).
+    """
+    environment = dict(os.environ if env is None else env)
+    program = shutil.which(f"docker-credential-{name}", path=environment.get("PATH"))
+    if program is None:
+        if required:
+            raise ValueError(f"credential helper docker-credential-{name} is not on PATH")
+        return None
+    server = _DOCKER_HUB if registry == "docker.io" else registry
+    try:
+        answer = subprocess.run(
+            [program, "get"],
+            input=server.encode(),
+            capture_output=True,
+            env=environment,
+            timeout=HELPER_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ValueError(f"credential helper docker-credential-{name}: {e}") from None
+    said = " ".join(answer.stdout.decode(errors="replace").split())
+    if answer.returncode != 0:
+        if "credentials not found" in said.lower():
+            return None
+        message = said or " ".join(answer.stderr.decode(errors="replace").split())
+        raise ValueError(f"credential helper docker-credential-{name} failed: {message}")
+    try:
+        document = json.loads(answer.stdout)
+        user, secret = document["Username"], document["Secret"]
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"credential helper docker-credential-{name} did not answer JSON") from None
+    if not isinstance(user, str) or not isinstance(secret, str):
+        raise ValueError(f"credential helper docker-credential-{name} did not answer strings")
+    if user == "<token>":
+        raise ValueError(f"credential helper docker-credential-{name} gave an identity token, not supported")
+    return user, secret
+
+
+def _fromHelpers(
+    document: dict[str, Any], wanted: str, env: Mapping[str, str] | None
+) -> tuple[str, str] | None:
+    """
+    What C{document}'s helpers say for C{wanted}: its own helper first
+    (which must be installed), then the file's store for every registry.
+    """
+    helpers = document.get("credHelpers")
+    if isinstance(helpers, dict):
+        for entry, name in helpers.items():
+            if _key(entry) == wanted and isinstance(name, str) and name:
+                return _askHelper(name, wanted, env, required=True)
+    store = document.get("credsStore")
+    if isinstance(store, str) and store:
+        return _askHelper(store, wanted, env, required=False)
+    return None
+
+
 def lookupCredentials(registry: str, env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
     """
-    (user, password) stored for C{registry}, or L{None}.
+    (user, password) stored for C{registry}, or L{None}: in each auth file
+    in turn, from its credential helpers (as docker asks them: the
+    registry's own, then the store), then from its C{auths}.
     """
     wanted = _key(registry)
     for path in authFiles(env):
-        auths = _load(path).get("auths")
+        document = _load(path)
+        found = _fromHelpers(document, wanted, env)
+        if found is not None:
+            return found
+        auths = document.get("auths")
         if not isinstance(auths, dict):
             continue
         for entry, value in auths.items():

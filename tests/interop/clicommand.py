@@ -76,3 +76,34 @@ def runInTerminal(env: dict[str, str], *args: str) -> tuple[int, str]:
             output += data
     os.close(main)
     return process.wait(10), output.decode(errors="replace")
+
+
+def fakeCredentialHelper(
+    directory: Path, name: str, answers: dict[str, tuple[str, str]], failure: str | None = None
+) -> Path:
+    """
+    C{directory/docker-credential-NAME}, a credential helper that answers
+    C{get SERVER} from C{answers}, says "credentials not found" for any
+    other server (or fails with C{failure}), and appends each request it
+    gets to C{directory/NAME.log}.
+    """
+    log = directory / f"{name}.log"
+    cases = "".join(
+        f'  "{server}") printf \'{{"ServerURL":"%s","Username":"{user}","Secret":"{secret}"}}\' "$server";;\n'
+        for server, (user, secret) in answers.items()
+    )
+    notFound = 'echo "credentials not found in native keychain"; exit 1'
+    fallback = f'echo "{failure}" >&2; exit 3' if failure else notFound
+    script = directory / f"docker-credential-{name}"
+    directory.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        "#!/bin/sh\n"
+        "read -r server || true\n"
+        f'echo "$1 $server" >> "{log}"\n'
+        'case "$server" in\n'
+        f"{cases}"
+        f"  *) {fallback};;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return log

@@ -8,12 +8,13 @@ one-line errors and the exit statuses 0, 1 and 2.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from clicommand import ociklein, runInTerminal, userEnvironment
+from clicommand import fakeCredentialHelper, ociklein, runInTerminal, userEnvironment
 from distributionfixture import Distribution
 from interophelpers import skopeo
 from ocilayout import ARTIFACT, artifactFor, makeImage, makeIndex, readLayout, writeLayout
@@ -214,3 +215,22 @@ def test_docker_config_and_skopeo_login_are_read(protected: Any, env: dict[str, 
     skopeo("login", "--tls-verify=false", "--authfile", str(authfile), "-u", "alice", "-p", "wonderland",
            protected.address)  # fmt: skip
     assert ociklein(env, "ls", "--authfile", str(authfile), protected.address).returncode == 0
+
+
+def test_credential_helpers_serve_the_verbs(protected: Any, env: dict[str, str], tmp_path: Path) -> None:
+    """A helper named in ~/.docker/config.json (credHelpers, credsStore) gives the verbs their credentials."""
+    env = {**env, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{env.get('PATH', '')}"}
+    log = fakeCredentialHelper(tmp_path / "bin", "test", {protected.address: ("alice", "wonderland")})
+    fakeCredentialHelper(tmp_path / "bin", "wrong", {protected.address: ("alice", "nope")})
+    docker = Path(env["HOME"]) / ".docker" / "config.json"
+    docker.parent.mkdir()
+    docker.write_text(json.dumps({"credHelpers": {protected.address: "test"}}))
+    assert ociklein(env, "ls", protected.address).returncode == 0
+    assert log.read_text() == f"get {protected.address}\n"
+    docker.write_text(json.dumps({"credsStore": "test"}))
+    writeLayout(tmp_path / "in", makeImage(layers=1), "v1")
+    pushed = ociklein(env, "push", str(tmp_path / "in"), f"{protected.address}/cli/helped:v1")
+    assert pushed.returncode == 0, pushed.stderr
+    docker.write_text(json.dumps({"credsStore": "wrong"}))
+    denied = ociklein(env, "tags", f"{protected.address}/cli/helped")
+    assert denied.returncode == 1 and "UNAUTHORIZED" in denied.stderr
