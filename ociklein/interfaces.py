@@ -392,3 +392,43 @@ class ITaggedManifestBackend(IManifestBackend):
         L{putManifest}, then L{setTag} of each of C{tags} to C{digest}:
         after a crash part-way no tag points at a manifest not stored.
         """
+
+
+class CollectionRefused(Exception):
+    """
+    Another garbage collection holds the storage's collector lease (or this
+    one lost it): the message says which, in one line.
+    """
+
+
+class IHeldLease(Interface):
+    """
+    The collector lease, held by one running collection.
+    """
+
+    def check() -> None:
+        """
+        Raise L{CollectionRefused} unless the lease is still surely held:
+        called before every deletion.
+        """
+
+    def release() -> Deferred[None]:
+        """
+        Give the lease up (unless another collection took it meanwhile).
+        """
+
+
+class ICollectorLease(Interface):
+    """
+    Optional, on an L{IBlobMaintenance} whose fenced deletions are not safe
+    against a second collection at the same time (an object store, whose
+    fences are shared marker objects): L{ociklein.maintenance.collect}
+    holds its lease from before it reads the clock until its last deletion.
+    """
+
+    def acquireCollectorLease(owner: str) -> Deferred[IHeldLease]:
+        """
+        Take the lease for a collection described by C{owner} (host and
+        process, for the message another collector gets), or fail with
+        L{CollectionRefused} if a live collection holds it.
+        """

@@ -26,6 +26,7 @@ from ociklein._listening import (
     parseEndpoint,
     shareableFamily,
 )
+from ociklein._s3options import S3_DEFAULTS, S3_KEYS, S3_OPTIONS, checkS3, s3Config
 from ociklein._workers import FIRST_INHERITED, WorkersService, dieWithParent
 from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
@@ -41,13 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "listen": ["tcp:5000"],
     "backend": "memory",
     "root": "./ociregistry-data",
-    "s3-endpoint": "",
-    "s3-bucket": "",
-    "s3-region": "",
-    "s3-prefix": "",
-    "s3-credentials": "",
-    "s3-ca-file": "",
-    "s3-part-size": 8,
+    **S3_DEFAULTS,
     "max-manifest-bytes": DEFAULT_MAX_MANIFEST_BYTES,
     "upload-ttl": 86400.0,
     "access-log": True,
@@ -91,15 +86,6 @@ _CONVERT = {
     "idle-timeout": float,
     "s3-part-size": int,
 }
-_S3_KEYS = (
-    "s3-endpoint",
-    "s3-bucket",
-    "s3-region",
-    "s3-prefix",
-    "s3-credentials",
-    "s3-ca-file",
-    "s3-part-size",
-)
 _BOOLEANS = {
     "yes": True,
     "true": True,
@@ -131,18 +117,7 @@ class Options(usage.Options):
     optParameters = [
         ["backend", None, None, "Storage backend: memory, fs or s3. [default: memory]"],
         ["root", None, None, "Data directory of the fs backend. [default: ./ociregistry-data]"],
-        ["s3-endpoint", None, None, "URL of an S3-compatible store. [default: AWS S3]"],
-        ["s3-bucket", None, None, "Bucket of the s3 backend, which must exist. [required for s3]"],
-        ["s3-region", None, None, "Region of the bucket. [default: AWS config, else us-east-1]"],
-        ["s3-prefix", None, None, "Key prefix, so several registries can share a bucket. [default: none]"],
-        ["s3-credentials", None, None, "An AWS shared-credentials file. [default: AWS environment/config]"],
-        ["s3-ca-file", None, None, "CA bundle to verify the endpoint's TLS with. [default: system CAs]"],
-        [
-            "s3-part-size",
-            None,
-            None,
-            "Size of the parts uploads are stored in, in MiB, 5 to 64. [default: 8]",
-        ],
+        *S3_OPTIONS,
         ["max-manifest-bytes", None, None, "Largest manifest accepted, in bytes. [default: 4194304]"],
         ["upload-ttl", None, None, "Seconds after which an upload session expires. [default: 86400]"],
         ["access-log", None, None, "Log one line per request: yes or no. [default: yes]"],
@@ -370,26 +345,7 @@ class Options(usage.Options):
         self["families"] = families
 
     def _checkS3(self) -> None:
-        """
-        Refuse s3 options that cannot work, then try the bucket: a wrong
-        endpoint, bucket or credentials stops the start with one line.
-        """
-        from urllib.parse import urlsplit
-
-        if not self["s3-bucket"]:
-            raise usage.UsageError("--backend=s3 needs --s3-bucket")
-        endpoint = self["s3-endpoint"]
-        if endpoint and (urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).netloc):
-            raise usage.UsageError(f"--s3-endpoint must be an http:// or https:// URL, not {endpoint!r}")
-        for key in ("s3-credentials", "s3-ca-file"):
-            if self[key] and not os.access(self[key], os.R_OK):
-                raise usage.UsageError(f"--{key} {self[key]}: cannot read the file")
-        if not 5 <= self["s3-part-size"] <= 64:
-            raise usage.UsageError("--s3-part-size must be from 5 to 64 (MiB)")
-        try:
-            s3Config(self).check()
-        except ValueError as e:
-            raise usage.UsageError(f"--backend=s3: {e}") from None
+        checkS3(self)
 
     def _checkOperations(self) -> None:
         if self["log-format"] not in _logging.FORMATS:
@@ -404,22 +360,6 @@ class Options(usage.Options):
                 parseEndpoint(description)
             except ValueError as e:
                 raise usage.UsageError(f"bad --admin-listen {description!r}: {e}") from None
-
-
-def s3Config(options: Mapping[str, Any]) -> Any:
-    """
-    The L{ociklein.storage.s3.S3Config} the s3 options describe.
-    """
-    from ociklein.storage.s3 import S3Config
-
-    return S3Config(
-        options["s3-bucket"],
-        endpoint=options["s3-endpoint"] or None,
-        region=options["s3-region"] or None,
-        prefix=options["s3-prefix"],
-        credentialsFile=options["s3-credentials"] or None,
-        caFile=options["s3-ca-file"] or None,
-    )
 
 
 def _maxConnections(value: Any) -> int | None:
@@ -659,7 +599,7 @@ def _addWorkers(
     args = [
         f"--backend={backend}",
         *([f"--root={os.path.abspath(settings['root'])}"] if backend == "fs" else []),
-        *(f"--{key}={settings[key]}" for key in _S3_KEYS if backend == "s3"),
+        *(f"--{key}={settings[key]}" for key in S3_KEYS if backend == "s3"),
         f"--max-manifest-bytes={settings['max-manifest-bytes']}",
         f"--upload-ttl={settings['upload-ttl']}",
         f"--access-log={'yes' if settings['access-log'] else 'no'}",

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from twistdprocess import TwistdRegistry
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
-from ociklein.maintenance import collect
+from ociklein.maintenance import CollectionReport, collect
 from tests.helpers import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, digestOf, header
 
 ROUNDS = 50
@@ -43,6 +43,15 @@ class Outcome:
     refused: int = 0
     # (repository, tag) -> (manifest digest, [(blob digest, bytes)])
     tagged: dict[tuple[str, str], tuple[str, list[tuple[str, bytes]]]] = field(default_factory=dict)
+
+    def count(self, report: CollectionReport) -> None:
+        """
+        Add what one collection removed and refused.
+        """
+        assert report.unreadable == []
+        for removed in report.removed:
+            self.removed[removed.kind] = self.removed.get(removed.kind, 0) + 1
+        self.refused += report.refused
 
 
 async def uploadBlob(client: LiveClient, name: str, data: bytes) -> None:
@@ -200,6 +209,45 @@ async def verify(client: LiveClient, outcome: Outcome) -> list[str]:
     return missing
 
 
+async def race(
+    client: LiveClient,
+    outcome: Outcome,
+    collections: Callable[[int], Awaitable[list[CollectionReport]]],
+    rounds: int,
+    chunked: bool,
+) -> None:
+    """
+    Run C{rounds} rounds of C{collections} while L{PUSHERS} pushers (and,
+    if C{chunked}, an uploader keeping sessions open across rounds) work
+    against the registry, until the last round ends.
+    """
+    finished = False
+
+    async def collecting() -> None:
+        nonlocal finished
+        try:
+            for n in range(rounds):
+                for report in await collections(n):
+                    outcome.count(report)
+                outcome.rounds += 1
+                await deferLater(reactor, 0.02, lambda: None)
+        finally:
+            finished = True
+
+    workers = [
+        defer.Deferred.fromCoroutine(pusher(client, k, lambda: finished, outcome)) for k in range(PUSHERS)
+    ]
+    if chunked:
+        workers.append(
+            defer.Deferred.fromCoroutine(
+                chunkedUploader(client, lambda: outcome.rounds, lambda: finished, outcome)
+            )
+        )
+    await defer.gatherResults(
+        [defer.Deferred.fromCoroutine(collecting()), *workers], consumeErrors=True
+    ).addTimeout(240, reactor)
+
+
 @pytest_twisted.ensureDeferred
 async def test_gcRacingWrites(tmp_path: Path, twistdRegistry: Callable[..., TwistdRegistry]) -> None:
     """50 rounds of two concurrent collections with no grace lose no acknowledged write, break no session."""
@@ -210,40 +258,17 @@ async def test_gcRacingWrites(tmp_path: Path, twistdRegistry: Callable[..., Twis
     client = LiveClient(server.url)
     collectors = [(FilesystemManifestBackend(str(root)), FilesystemBlobStore(str(root))) for _ in range(2)]
     outcome = Outcome()
-    finished = False
 
-    async def collections() -> None:
-        nonlocal finished
-        try:
-            for n in range(ROUNDS):
-                reports = await defer.gatherResults(
-                    [
-                        defer.Deferred.fromCoroutine(collect(m, b, grace=0, untagged=(n + i) % 2 == 1))
-                        for i, (m, b) in enumerate(collectors)
-                    ],
-                    consumeErrors=True,
-                )
-                for report in reports:
-                    assert report.unreadable == []
-                    for removed in report.removed:
-                        outcome.removed[removed.kind] = outcome.removed.get(removed.kind, 0) + 1
-                    outcome.refused += report.refused
-                outcome.rounds += 1
-                await deferLater(reactor, 0.02, lambda: None)
-        finally:
-            finished = True
-
-    workers = [
-        defer.Deferred.fromCoroutine(pusher(client, k, lambda: finished, outcome)) for k in range(PUSHERS)
-    ]
-    workers.append(
-        defer.Deferred.fromCoroutine(
-            chunkedUploader(client, lambda: outcome.rounds, lambda: finished, outcome)
+    async def collections(n: int) -> list[CollectionReport]:
+        return await defer.gatherResults(
+            [
+                defer.Deferred.fromCoroutine(collect(m, b, grace=0, untagged=(n + i) % 2 == 1))
+                for i, (m, b) in enumerate(collectors)
+            ],
+            consumeErrors=True,
         )
-    )
-    await defer.gatherResults(
-        [defer.Deferred.fromCoroutine(collections()), *workers], consumeErrors=True
-    ).addTimeout(240, reactor)
+
+    await race(client, outcome, collections, ROUNDS, chunked=True)
     during = await verify(client, outcome)
     # A last collection with nothing racing it must keep everything acknowledged too.
     final = await collect(*collectors[0], grace=0, untagged=True)

@@ -1,7 +1,8 @@
 """
 The maintenance verbs of the C{ociklein} command: C{gc}, C{scrub} and
-C{du}, working on a storage root directly (also while a registry serves
-it), configured like the registry (C{--config tap.cfg}).
+C{du}, working on a storage root or an s3 bucket directly (also while
+registries serve it), configured like the registry (C{--config tap.cfg},
+the same C{--s3-*} options, checked by the same code).
 
 Exit statuses: 0 done (nothing wrong), 1 problems found or the work
 failed, 2 a usage error or a root that cannot be used.
@@ -20,6 +21,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from ociklein.interfaces import CollectionRefused, StorageUnavailable
 from ociklein.maintenance._duration import parseDuration as duration
 from ociklein.maintenance._walk import Progress, noProgress
 
@@ -45,9 +47,15 @@ def parseDuration(text: str) -> float:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from ociklein._s3options import S3_KEYS, S3_OPTIONS
+
     parser.add_argument("--config", "-c", metavar="FILE", help="an INI file with an [ociregistry] section")
-    parser.add_argument("--backend", choices=["fs"], help="storage backend [default: fs]")
+    parser.add_argument("--backend", choices=["fs", "s3"], help="storage backend [default: fs]")
     parser.add_argument("--root", metavar="DIR", help="data directory of the fs backend")
+    # The registry's own s3 options, with its help texts.
+    helps = {name: text for name, _, _, text in S3_OPTIONS}
+    for key in S3_KEYS:
+        parser.add_argument(f"--{key}", dest=key, metavar="VALUE", help=helps[key].replace("%", "%%"))
     parser.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
 
 
@@ -105,17 +113,43 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         if parser.has_section(_SECTION):
             fromFile = dict(parser.items(_SECTION))
     backend = args.backend or fromFile.get("backend", "fs")
-    if backend != "fs":
-        raise RootError(f"backend {backend!r} cannot be maintained from outside the registry; use fs")
+    if backend not in ("fs", "s3"):
+        raise RootError(f"backend {backend!r} keeps nothing to maintain; use fs or s3")
     ttl = fromFile.get("upload-ttl", "86400")
     try:
         uploadTTL = float(ttl)
     except ValueError:
         raise RootError(f"upload-ttl must be a number, not {ttl!r}") from None
+    if backend == "s3":
+        return {"backend": backend, "upload-ttl": uploadTTL, **_s3Settings(args, fromFile)}
     root = args.root or fromFile.get("root")
     if not root:
         raise RootError("--root is required (or root in the --config file)")
     return {"backend": backend, "root": root, "upload-ttl": uploadTTL}
+
+
+def _s3Settings(args: argparse.Namespace, fromFile: dict[str, str]) -> dict[str, Any]:
+    """
+    The s3 options (command line, then file, then the registry's
+    defaults), checked as the registry checks them: the bucket is tried.
+    """
+    from twisted.python.usage import UsageError
+
+    from ociklein._s3options import S3_DEFAULTS, S3_KEYS, checkS3
+
+    settings: dict[str, Any] = {}
+    for key in S3_KEYS:
+        given = getattr(args, key)
+        settings[key] = given if given is not None else fromFile.get(key, S3_DEFAULTS[key])
+    try:
+        settings["s3-part-size"] = int(settings["s3-part-size"])
+    except ValueError:
+        raise RootError(f"--s3-part-size must be a number, not {settings['s3-part-size']!r}") from None
+    try:
+        checkS3(settings)
+    except UsageError as e:
+        raise RootError(str(e)) from None
+    return settings
 
 
 def checkRoot(root: str) -> None:
@@ -142,14 +176,29 @@ def checkRoot(root: str) -> None:
         raise RootError(f"storage root {root} has layout version {found!r}; this ociklein reads version 1")
 
 
-def _open(settings: dict[str, Any]) -> tuple[Any, Any]:
+def _open(settings: dict[str, Any]) -> tuple[Any, Any, Callable[[], None]]:
+    """
+    The manifest backend and blob store, and what closes them.
+    """
+    if settings["backend"] == "s3":
+        from ociklein._s3options import s3Config
+        from ociklein.storage.s3 import S3BlobStore, S3Client, S3ManifestBackend
+
+        client = S3Client(s3Config(settings))
+        store = S3BlobStore(
+            client, uploadTTL=settings["upload-ttl"], partSize=settings["s3-part-size"] * 1024 * 1024
+        )
+
+        def closeBoth() -> None:
+            store.close()
+            client.close()
+
+        return S3ManifestBackend(client), store, closeBoth
     from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend
 
     checkRoot(settings["root"])
-    return (
-        FilesystemManifestBackend(settings["root"]),
-        FilesystemBlobStore(settings["root"], uploadTTL=settings["upload-ttl"]),
-    )
+    blobs = FilesystemBlobStore(settings["root"], uploadTTL=settings["upload-ttl"])
+    return FilesystemManifestBackend(settings["root"]), blobs, blobs.close
 
 
 @contextmanager
@@ -185,8 +234,7 @@ def _run(args: argparse.Namespace, work: Callable[[Any, Any, Progress], Coroutin
 
     try:
         settings = _settings(args)
-        manifests, blobs = None, None
-        manifests, blobs = _open(settings)
+        manifests, blobs, close = _open(settings)
     except (RootError, ValueError) as e:
         print(f"ociklein {args.verb}: {e}", file=sys.stderr)
         return 2
@@ -200,8 +248,11 @@ def _run(args: argparse.Namespace, work: Callable[[Any, Any, Progress], Coroutin
             where = f": {e.filename}" if e.filename else ""
             print(f"ociklein {args.verb}: {e.strerror or e}{where}", file=sys.stderr)
             status.append(1)
+        except (CollectionRefused, StorageUnavailable) as e:
+            print(f"ociklein {args.verb}: {e}", file=sys.stderr)
+            status.append(1)
         finally:
-            blobs.close()
+            close()
 
     try:
         react(lambda reactor: Deferred.fromCoroutine(main()))

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ociklein.interfaces import IBlobStore, IManifestBackend
+from ociklein.interfaces import CollectionRefused, IBlobStore, IManifestBackend
 from ociklein.maintenance.gc import collect
 
 log = Logger()
@@ -59,6 +59,10 @@ class CollectionService(Service):
     async def _once(self) -> None:
         try:
             report = await collect(self._manifests, self._blobs, self._grace, self._untagged)
+        except CollectionRefused as e:
+            # Another node collects this storage now: its turn, not ours.
+            log.info("garbage collection skipped: {reason}", reason=str(e))
+            return
         except Exception:
             log.failure("garbage collection failed")
             return

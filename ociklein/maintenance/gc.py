@@ -7,11 +7,20 @@ its safety is in docs/storage.md, "Garbage collection".
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ociklein.interfaces import IBlobMaintenance, IBlobStore, IManifestBackend, IManifestMaintenance
+from ociklein.interfaces import (
+    IBlobMaintenance,
+    IBlobStore,
+    ICollectorLease,
+    IHeldLease,
+    IManifestBackend,
+    IManifestMaintenance,
+)
 from ociklein.maintenance._walk import (
     Progress,
     ReadManifest,
@@ -166,7 +175,40 @@ async def collect(
     Remove what nothing retained reaches and nothing used within C{grace}
     seconds; with C{untagged}, manifests that no tag reaches (through
     indexes and subjects) too.  Safe while the registry serves.
+
+    On a storage that allows one collection at a time (L{ICollectorLease})
+    the collection holds its lease from before it reads the clock until
+    its last deletion, and fails with L{CollectionRefused} if another
+    holds it (a dry run removes nothing and takes no lease).
     """
+    lease = ICollectorLease(blobs, None)
+    if lease is None or dryRun:
+        return await _collect(manifests, blobs, grace, untagged, dryRun, progress, None)
+    held = await lease.acquireCollectorLease(f"ociklein gc on {socket.gethostname()}, pid {os.getpid()}")
+    try:
+        return await _collect(manifests, blobs, grace, untagged, dryRun, progress, held)
+    finally:
+        await held.release()
+
+
+async def _collect(
+    manifests: IManifestBackend,
+    blobs: IBlobStore,
+    grace: float,
+    untagged: bool,
+    dryRun: bool,
+    progress: Progress,
+    held: IHeldLease | None,
+) -> CollectionReport:
+    def dry() -> bool:
+        """
+        Whether this is a dry run, in which nothing is deleted; before a
+        real deletion, raise L{CollectionRefused} if the lease was lost.
+        """
+        if held is not None and not dryRun:
+            held.check()
+        return dryRun
+
     blobStore = IBlobMaintenance(blobs)
     backend = IManifestMaintenance(manifests)
     report = CollectionReport(dryRun=dryRun, grace=grace, untagged=untagged)
@@ -203,7 +245,7 @@ async def collect(
                 continue  # kept alive by a parent or subject a write refreshed
             item = repository.manifests[digest].item
             progress("manifests swept", 1)
-            if dryRun or await backend.deleteManifestBefore(repository.name, digest, cutoff):
+            if dry() or await backend.deleteManifestBefore(repository.name, digest, cutoff):
                 report.removed.append(Removed("manifest", digest, repository.name, item.size))
             else:
                 report.refused += 1
@@ -221,7 +263,7 @@ async def collect(
             progress("links swept", 1)
             if link.digest in needed or link.modified >= cutoff:
                 linked.add(link.digest)
-            elif dryRun or await blobStore.deleteLink(repository.name, link.digest, cutoff):
+            elif dry() or await blobStore.deleteLink(repository.name, link.digest, cutoff):
                 report.removed.append(Removed("link", link.digest, repository.name))
             else:
                 report.refused += 1
@@ -232,7 +274,7 @@ async def collect(
         progress("blobs swept", 1)
         if blob.digest in marked or blob.digest in linked or blob.modified >= cutoff:
             report.keptBlobs += 1
-        elif dryRun or await blobStore.deleteBlob(blob.digest, cutoff):
+        elif dry() or await blobStore.deleteBlob(blob.digest, cutoff):
             report.removed.append(Removed("blob", blob.digest, None, blob.size))
         else:
             report.refused += 1

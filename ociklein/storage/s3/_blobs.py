@@ -19,10 +19,19 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ociklein.interfaces import IBlobMaintenance, IBlobReader, IBlobStore, IUpload, StoredItem
+from ociklein.interfaces import (
+    IBlobMaintenance,
+    IBlobReader,
+    IBlobStore,
+    ICollectorLease,
+    IHeldLease,
+    IUpload,
+    StoredItem,
+)
 from ociklein.storage._checks import checkRepository
 from ociklein.storage.s3._client import S3Client
 from ociklein.storage.s3._keys import UPLOAD_ID
+from ociklein.storage.s3._lease import LEASE_SECONDS, HeldLease, LeaseObject
 from ociklein.storage.s3._uploads import S3Upload, SessionInfo
 from ociklein.storage.s3._uses import Uses, digestFromKey
 
@@ -98,7 +107,7 @@ class _S3Reader:
             self._drop()
 
 
-@implementer(IBlobStore, IBlobMaintenance)
+@implementer(IBlobStore, IBlobMaintenance, ICollectorLease)
 class S3BlobStore:
     """
     Blobs under C{blobs/}, links under C{repositories/}, upload sessions
@@ -112,6 +121,7 @@ class S3BlobStore:
         clock: IReactorTime | None = None,
         uploadTTL: float = 86400.0,
         partSize: int = DEFAULT_PART_SIZE,
+        leaseSeconds: float = LEASE_SECONDS,
     ) -> None:
         if not MIN_PART_SIZE <= partSize <= MAX_PART_SIZE:
             raise ValueError(f"part size must be from {MIN_PART_SIZE} to {MAX_PART_SIZE} bytes")
@@ -121,6 +131,7 @@ class S3BlobStore:
         self._ttl = uploadTTL
         self._partSize = partSize
         self._uses = Uses(client)
+        self._lease = LeaseObject(client, leaseSeconds)
         # Sessions this node wrote last, with their tail and running hash;
         # bounded, since each holds up to a part in memory.
         self._sessions: OrderedDict[str, S3Upload] = OrderedDict()
@@ -315,6 +326,17 @@ class S3BlobStore:
     def quarantineBlob(self, digest: str) -> Deferred[bool]:
         key = self._keys.blob(digest)
         return self._client.run(self._uses.quarantine, key, self._clock.seconds())
+
+    def acquireCollectorLease(self, owner: str) -> Deferred[IHeldLease]:
+        """
+        Take C{collector-lease} (docs/storage.md, "Maintenance"): one
+        collection at a time per bucket and prefix.
+        """
+
+        def held(etag: str) -> IHeldLease:
+            return HeldLease(self._client, self._lease, owner, etag)
+
+        return self._client.run(self._lease.acquire, owner).addCallback(held)
 
     def storedBytes(self) -> Deferred[int]:
         return self._client.run(self._uses.storedBytes)

@@ -1,0 +1,80 @@
+"""
+The options of the s3 backend, shared by C{twistd ociregistry} and the
+maintenance verbs of the C{ociklein} command: their names, help texts,
+defaults and checks, in a module light enough for the command to import
+at every start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.python import usage
+
+S3_OPTIONS: list[list[Any]] = [
+    ["s3-endpoint", None, None, "URL of an S3-compatible store. [default: AWS S3]"],
+    ["s3-bucket", None, None, "Bucket of the s3 backend, which must exist. [required for s3]"],
+    ["s3-region", None, None, "Region of the bucket. [default: AWS config, else us-east-1]"],
+    ["s3-prefix", None, None, "Key prefix, so several registries can share a bucket. [default: none]"],
+    ["s3-credentials", None, None, "An AWS shared-credentials file. [default: AWS environment/config]"],
+    ["s3-ca-file", None, None, "CA bundle to verify the endpoint's TLS with. [default: system CAs]"],
+    [
+        "s3-part-size",
+        None,
+        None,
+        "Size of the parts uploads are stored in, in MiB, 5 to 64. [default: 8]",
+    ],
+]
+S3_DEFAULTS: dict[str, Any] = {
+    "s3-endpoint": "",
+    "s3-bucket": "",
+    "s3-region": "",
+    "s3-prefix": "",
+    "s3-credentials": "",
+    "s3-ca-file": "",
+    "s3-part-size": 8,
+}
+S3_KEYS = tuple(S3_DEFAULTS)
+
+
+def checkS3(options: Any) -> None:
+    """
+    Refuse s3 options that cannot work, then try the bucket: a wrong
+    endpoint, bucket or credentials stops the start with one line.  The
+    registry and the maintenance verbs of the C{ociklein} command both
+    check their s3 options here.
+    """
+    from urllib.parse import urlsplit
+
+    if not options["s3-bucket"]:
+        raise usage.UsageError("--backend=s3 needs --s3-bucket")
+    endpoint = options["s3-endpoint"]
+    if endpoint and (urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).netloc):
+        raise usage.UsageError(f"--s3-endpoint must be an http:// or https:// URL, not {endpoint!r}")
+    for key in ("s3-credentials", "s3-ca-file"):
+        if options[key] and not os.access(options[key], os.R_OK):
+            raise usage.UsageError(f"--{key} {options[key]}: cannot read the file")
+    if not 5 <= options["s3-part-size"] <= 64:
+        raise usage.UsageError("--s3-part-size must be from 5 to 64 (MiB)")
+    try:
+        s3Config(options).check()
+    except ValueError as e:
+        raise usage.UsageError(f"--backend=s3: {e}") from None
+
+
+def s3Config(options: Mapping[str, Any]) -> Any:
+    """
+    The L{ociklein.storage.s3.S3Config} the s3 options describe.
+    """
+    from ociklein.storage.s3 import S3Config
+
+    return S3Config(
+        options["s3-bucket"],
+        endpoint=options["s3-endpoint"] or None,
+        region=options["s3-region"] or None,
+        prefix=options["s3-prefix"],
+        credentialsFile=options["s3-credentials"] or None,
+        caFile=options["s3-ca-file"] or None,
+    )
