@@ -24,6 +24,7 @@ from ociklein.interfaces import (
     IManifestBackend,
     IManifestMaintenance,
     ITaggedManifestBackend,
+    ITagReadingManifestBackend,
     IUpload,
 )
 from ociklein.manifests import OCI_INDEX, Manifest, parseManifest
@@ -445,6 +446,12 @@ class RegistryCore:
         return digest
 
     async def getManifest(self, name: str, reference: str) -> StoredManifest:
+        byTag = ITagReadingManifestBackend(self.manifests, None)
+        if byTag is not None and not isSupportedDigest(reference) and self._readable(name, reference):
+            tagged = await byTag.getTaggedManifest(name, reference)
+            if tagged is None:
+                raise errors.manifestUnknown(reference)
+            return StoredManifest(tagged[1], tagged[2], tagged[0])
         digest = await self.resolve(name, reference)
         found = await self.manifests.getManifest(name, digest)
         if found is None:

@@ -432,3 +432,20 @@ class ICollectorLease(Interface):
         process, for the message another collector gets), or fail with
         L{CollectionRefused} if a live collection holds it.
         """
+
+
+class ITagReadingManifestBackend(IManifestBackend):
+    """
+    A manifest backend that reads a manifest by tag in one step.
+
+    Optional: the core uses it for a manifest GET or HEAD by tag when a
+    backend provides it, so that a remote backend can answer from what it
+    keeps of immutable manifests after reading only the tag.
+    """
+
+    def getTaggedManifest(repository: str, tag: str) -> Deferred[tuple[str, str, bytes] | None]:
+        """
+        The digest C{tag} names and that manifest's media type and bytes,
+        as L{IManifestBackend.resolveTag} then L{IManifestBackend.getManifest}
+        would give them; L{None} if either is missing.
+        """

@@ -304,9 +304,13 @@ async def test_touchDuringCollectionReportsMissing(seaweedfs: SeaweedFS) -> None
         await node.blobs.link("repo", digest)
         assert await node.blobs.touch("repo", [digest]) == []
         blobKey = node.client.keys.blob(digest)
+        held = await node.blobs.acquireCollectorLease("a collector")
         node.client.put(node.blobs._uses.fenceKey(blobKey), b"")
         assert await node.blobs.touch("repo", [digest]) == [digest]
+        assert await node.manifests.touchManifests("repo", [digest]) == [digest]  # (no such manifest)
         node.client.delete(node.blobs._uses.fenceKey(blobKey))
+        assert await node.blobs.touch("repo", [digest]) == []
+        await held.release()
         assert await node.blobs.touch("repo", [digest]) == []
     finally:
         node.close()
@@ -377,3 +381,108 @@ async def test_putsSendNoExpectContinue(twoNodes: tuple[S3Backends, S3Backends])
     assert any("partNumber=" in url for _, url, _ in puts), sent
     assert len(puts) >= 3, sent
     assert [entry for entry in puts if entry[2] is not None] == []
+
+
+class _Requests:
+    """
+    The S3 operations a client sends, by name, from botocore's events.
+    """
+
+    def __init__(self, client: S3Client) -> None:
+        self.calls: list[str] = []
+        self._events = client.s3.meta.events
+        self._events.register("before-call.s3", self._seen)
+
+    def _seen(self, model: Any, **kwargs: Any) -> None:
+        self.calls.append(model.name)
+
+    def close(self) -> None:
+        self._events.unregister("before-call.s3", self._seen)
+
+
+def _imageManifest(config: bytes, layer: bytes, note: str) -> bytes:
+    from helpers import imageManifest
+
+    return json.dumps(imageManifest(config, [layer], annotations={"note": note})).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requestsPerManifestPutAndGet(twoNodes: tuple[S3Backends, S3Backends]) -> None:
+    """
+    A manifest PUT by tag over two blobs costs 24 S3 requests (no per-key
+    fence reads without a collector lease, the catalog entry written once
+    per node); a GET by tag of a manifest the node read before costs one.
+    """
+    from helpers import OCI_MANIFEST, pushBlob
+
+    a, _ = twoNodes
+    stub = StubClient(Registry(a.manifests, a.blobs))
+    config, layer = b'{"n": 1}', b"layer" * 100
+    await pushBlob(stub, "app", config)
+    await pushBlob(stub, "app", layer)
+    headers = {"Content-Type": OCI_MANIFEST}
+    first = await stub.request(
+        "PUT", "/v2/app/manifests/v0", data=_imageManifest(config, layer, "0"), headers=headers
+    )
+    assert first.code == 201
+    requests = _Requests(a.client)
+    try:
+        pushed = await stub.request(
+            "PUT", "/v2/app/manifests/v1", data=_imageManifest(config, layer, "1"), headers=headers
+        )
+        assert pushed.code == 201
+        put = list(requests.calls)
+        requests.calls.clear()
+        assert (await stub.request("GET", "/v2/app/manifests/v1")).code == 200
+        firstGet = list(requests.calls)
+        requests.calls.clear()
+        assert (await stub.request("GET", "/v2/app/manifests/v1")).code == 200
+        assert (await stub.request("HEAD", "/v2/app/manifests/v1")).code == 200
+        cached = list(requests.calls)
+    finally:
+        requests.close()
+    # The manifest read; 2 x (4 uses, the lease, 4 HEADs) for the blobs and
+    # links before and after the store; the manifest and the tag; a use of
+    # the manifest, the lease and its HEAD.
+    assert len(put) == 24, sorted(put)
+    assert {name: put.count(name) for name in set(put)} == {"GetObject": 1, "PutObject": 11, "HeadObject": 12}
+    assert firstGet == ["GetObject", "GetObject"]
+    assert cached == ["GetObject", "GetObject"]  # the tag, twice
+
+
+@pytest_twisted.ensureDeferred
+async def test_cachedManifestFollowsOtherNodes(twoNodes: tuple[S3Backends, S3Backends]) -> None:
+    """A node that keeps a manifest still sees at once a tag moved, or a manifest deleted, by another node."""
+    a, b = twoNodes
+    one, two = b'{"schemaVersion": 2, "n": 1}', b'{"schemaVersion": 2, "n": 2}'
+    for content in (one, two):
+        await a.manifests.putManifest("repo", digestOf(content), "application/json", content, None, {})
+    await a.manifests.setTag("repo", "t", digestOf(one))
+    assert await a.manifests.getTaggedManifest("repo", "t") == (digestOf(one), "application/json", one)
+    await b.manifests.setTag("repo", "t", digestOf(two))
+    assert await a.manifests.getTaggedManifest("repo", "t") == (digestOf(two), "application/json", two)
+    assert await b.manifests.deleteManifest("repo", digestOf(two)) is True
+    assert await a.manifests.getTaggedManifest("repo", "t") is None
+    assert await a.manifests.getManifest("repo", digestOf(two)) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletionOutsideCollectionWaitsForLease(seaweedfs: SeaweedFS) -> None:
+    """A fenced deletion while another collection holds the lease deletes nothing; without one it deletes."""
+    first = S3Backends(seaweedfs)
+    other = S3Backends(seaweedfs, first.prefix)
+    try:
+        upload = await first.blobs.startUpload("repo", resumable=False)
+        await upload.write(b"old blob")
+        await upload.commit(digestOf(b"old blob"))
+        later = (await first.blobs.now()) + 10
+        held = await other.blobs.acquireCollectorLease("another collection")
+        assert await first.blobs.deleteBlob(digestOf(b"old blob"), later) is False
+        assert await first.blobs.stat(digestOf(b"old blob")) == 8
+        await held.release()
+        assert await first.blobs.deleteBlob(digestOf(b"old blob"), later) is True
+        assert await first.blobs.stat(digestOf(b"old blob")) is None
+        assert first.client.head(first.client.keys.collectorLease) is None
+    finally:
+        other.close()
+        first.close()

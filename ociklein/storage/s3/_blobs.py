@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -31,9 +32,9 @@ from ociklein.interfaces import (
 from ociklein.storage._checks import checkRepository
 from ociklein.storage.s3._client import S3Client
 from ociklein.storage.s3._keys import UPLOAD_ID
-from ociklein.storage.s3._lease import LEASE_SECONDS, HeldLease, LeaseObject
+from ociklein.storage.s3._lease import LEASE_SECONDS, HeldLease, LeaseObject, underLease
 from ociklein.storage.s3._uploads import S3Upload, SessionInfo
-from ociklein.storage.s3._uses import Uses, digestFromKey
+from ociklein.storage.s3._uses import Uses, digestFromKey, touchAll
 
 _log = Logger()
 
@@ -310,18 +311,22 @@ class S3BlobStore:
                 d for (d, _, _), a, b in zip(pairs, results[::2], results[1::2], strict=True) if not (a and b)
             ]
 
-        calls: list[Deferred[Any]] = []
-        for _, link, blob in pairs:
-            calls += [self._client.run(self._uses.touch, link), self._client.run(self._uses.touch, blob)]
-        return gatherResults(calls, consumeErrors=True).addCallbacks(touched, lambda f: f.value.subFailure)
+        flat = [key for _, link, blob in pairs for key in (link, blob)]
+        return Deferred.fromCoroutine(touchAll(self._client, self._uses, flat)).addCallback(touched)
 
     def deleteLink(self, repository: str, digest: str, before: float) -> Deferred[bool]:
         key, holder = self._keys.link(repository, digest), self._keys.holder(digest, repository)
-        return self._client.run(self._uses.fencedDelete, key, before, lambda head: [holder])
+        return self._fencedDelete(key, before, lambda head: [holder])
 
     def deleteBlob(self, digest: str, before: float) -> Deferred[bool]:
         key = self._keys.blob(digest)
-        return self._client.run(self._uses.fencedDelete, key, before, lambda head: [])
+        return self._fencedDelete(key, before, lambda head: [])
+
+    def _fencedDelete(
+        self, key: str, before: float, related: Callable[[dict[str, Any]], list[str]]
+    ) -> Deferred[bool]:
+        work = partial(self._uses.fencedDelete, key, before, related)
+        return self._client.run(underLease, self._client, self._lease, work)
 
     def quarantineBlob(self, digest: str) -> Deferred[bool]:
         key = self._keys.blob(digest)

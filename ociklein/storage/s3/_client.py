@@ -230,6 +230,8 @@ class S3Client:
         self.config = config
         self.bucket = config.bucket
         self.keys = Keys(config.prefix)
+        # Collector leases this process holds on the bucket (and prefix).
+        self.leaseHeld = 0
         self.reactor = resolveReactor(reactor)
         self.s3 = config.makeClient(threads + 2)
         _returnLargeBuffersToTheSystem()

@@ -76,6 +76,7 @@ class Keys:
         self.holderIndex = self.prefix + "holders/"
         self.uploads = self.prefix + "uploads/"
         self.blobs = self.prefix + "blobs/"
+        self.collectorLease = self.prefix + "collector-lease"
 
     def blob(self, digest: str) -> str:
         return self.blobs + _digestPart(digest)

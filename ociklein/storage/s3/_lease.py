@@ -15,6 +15,7 @@ lease only one succeeds.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
@@ -47,7 +48,7 @@ class LeaseObject:
 
     def __init__(self, client: S3Client, seconds: float) -> None:
         self._client = client
-        self.key = client.keys.prefix + "collector-lease"
+        self.key = client.keys.collectorLease
         self.seconds = seconds
         self._uses = Uses(client)
 
@@ -118,6 +119,26 @@ class LeaseObject:
                 raise
 
 
+def underLease(client: S3Client, lease: LeaseObject, work: Callable[[], bool]) -> bool:
+    """
+    Run a fenced deletion (C{work}, blocking) with the collector lease
+    present, as writers require (L{Uses.touch} looks for fences only while
+    a lease exists): under the lease this process holds, else under a
+    lease taken for this deletion alone.  L{False} (nothing deleted) if
+    another collection holds the lease.
+    """
+    if client.leaseHeld:
+        return work()
+    try:
+        etag = lease.acquire("a single fenced deletion")
+    except CollectionRefused:
+        return False
+    try:
+        return work()
+    finally:
+        lease.release(etag)
+
+
 @implementer(IHeldLease)
 class HeldLease:
     """
@@ -135,6 +156,7 @@ class HeldLease:
         self._etag: str | None = etag
         self._clock = cast(IReactorTime, client.reactor)
         self._confirmed = self._clock.seconds()
+        client.leaseHeld += 1
         self._renewing: Deferred[None] | None = None
         self._loop = LoopingCall(self._renew)
         self._loop.clock = self._clock
@@ -183,5 +205,8 @@ class HeldLease:
             # Let a renewal under way finish, so the ETag deleted is the last.
             await self._renewing
         etag, self._etag = self._etag, None
-        if etag is not None:
-            await self._client.run(self._lease.release, etag)
+        try:
+            if etag is not None:
+                await self._client.run(self._lease.release, etag)
+        finally:
+            self._client.leaseHeld -= 1

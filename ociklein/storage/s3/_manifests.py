@@ -1,9 +1,12 @@
 """
 Manifests, tags, the catalog and the referrers index as objects.
 
-Nothing here is cached: S3 is strongly consistent, so what one node wrote
-is what every node reads as soon as the write was answered.  Listings are
-one C{ListObjectsV2} page per page asked, never a read of everything.
+S3 is strongly consistent, so what one node wrote is what every node reads
+as soon as the write was answered: tags, listings and manifests read by
+digest are always asked of the bucket.  Only immutable manifest bytes are
+kept, and served only after a tag read from the bucket named them
+(L{ManifestCache}).  Listings are one C{ListObjectsV2} page per page
+asked, never a read of everything.
 """
 
 from __future__ import annotations
@@ -11,17 +14,26 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from zope.interface import implementer
 
-from ociklein.interfaces import IManifestBackend, IManifestMaintenance, StoredItem
+from ociklein.interfaces import (
+    IManifestBackend,
+    IManifestMaintenance,
+    ITagReadingManifestBackend,
+    StoredItem,
+)
 from ociklein.names import isSupportedDigest, isTag
 from ociklein.storage._checks import checkDigest, checkRepository
+from ociklein.storage.s3._cache import ManifestCache
 from ociklein.storage.s3._client import S3Client
-from ociklein.storage.s3._uses import Uses, digestFromKey
+from ociklein.storage.s3._lease import LEASE_SECONDS, LeaseObject, underLease
+from ociklein.storage.s3._uses import Uses, digestFromKey, touchAll
 
+_REGISTERED = 10000
 # Object metadata (x-amz-meta-subject) of a manifest that has a subject.
 _SUBJECT = "subject"
 
@@ -44,7 +56,7 @@ def _plainETag(etag: str) -> str | None:
     return etag if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) else None
 
 
-@implementer(IManifestBackend, IManifestMaintenance)
+@implementer(IManifestBackend, IManifestMaintenance, ITagReadingManifestBackend)
 class S3ManifestBackend:
     """
     Manifests (their media type as the object's Content-Type, their subject
@@ -56,6 +68,9 @@ class S3ManifestBackend:
         self._client = client
         self._keys = client.keys
         self._uses = Uses(client)
+        self._cache = ManifestCache()
+        self._registered: set[str] = set()
+        self._lease = LeaseObject(client, LEASE_SECONDS)
 
     def _both(self, *calls: Deferred[Any]) -> Deferred[Any]:
         return gatherResults(list(calls), consumeErrors=True).addErrback(lambda f: f.value.subFailure)
@@ -70,6 +85,26 @@ class S3ManifestBackend:
             return response.get("ContentType", "application/octet-stream"), content
 
         return self._client.run(self._client.get, key).addCallback(found)
+
+    def getTaggedManifest(self, repository: str, tag: str) -> Deferred[tuple[str, str, bytes] | None]:
+        return Deferred.fromCoroutine(self._getTaggedManifest(repository, tag))
+
+    async def _getTaggedManifest(self, repository: str, tag: str) -> tuple[str, str, bytes] | None:
+        """
+        Read the tag; the manifest it names from this node's cache, else
+        from the bucket (and keep it).
+        """
+        digest = await self.resolveTag(repository, tag)
+        if digest is None:
+            return None
+        kept = self._cache.get(repository, digest)
+        if kept is None:
+            found = await self.getManifest(repository, digest)
+            if found is None:
+                return None
+            self._cache.keep(repository, digest, *found)
+            kept = found
+        return digest, kept[0], kept[1]
 
     def putManifest(
         self,
@@ -108,15 +143,28 @@ class S3ManifestBackend:
 
     def _register(self, repository: str) -> Deferred[None]:
         """
-        Enter the repository in the catalog: an empty object, written again
-        each time (as cheap as asking whether it is there).
+        Enter the repository in the catalog: an empty object, written once
+        per node.  Catalog entries are never removed (a repository stays
+        known, as on memory and fs), so a node that wrote one need not
+        write it again; it remembers up to L{_REGISTERED} names.
         """
-        return self._client.run(self._client.put, self._keys.catalogEntry(repository), b"")
+        if repository in self._registered:
+            return succeed(None)
+
+        def written(_: object) -> None:
+            if len(self._registered) >= _REGISTERED:
+                self._registered.clear()
+            self._registered.add(repository)
+
+        return self._client.run(self._client.put, self._keys.catalogEntry(repository), b"").addCallback(
+            written
+        )
 
     def deleteManifest(self, repository: str, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._deleteManifest(repository, digest))
 
     async def _deleteManifest(self, repository: str, digest: str) -> bool:
+        self._cache.drop(repository, digest)
         client, key = self._client, self._keys.manifest(repository, digest)
         head = await client.run(client.head, key)
         if head is None:
@@ -217,13 +265,12 @@ class S3ManifestBackend:
         return self._client.run(self._uses.listWithUses, prefix, start, limit, digestFromKey)
 
     def touchManifests(self, repository: str, digests: Sequence[str]) -> Deferred[list[str]]:
-        keys = [(d, self._keys.manifest(repository, d)) for d in digests]
-        calls: list[Deferred[Any]] = [self._client.run(self._uses.touch, key) for _, key in keys]
+        keys = [self._keys.manifest(repository, d) for d in digests]
 
         def missing(results: list[bool]) -> list[str]:
-            return [d for (d, _), found in zip(keys, results, strict=True) if not found]
+            return [d for d, found in zip(digests, results, strict=True) if not found]
 
-        return self._both(*calls).addCallback(missing) if calls else succeed([])
+        return Deferred.fromCoroutine(touchAll(self._client, self._uses, keys)).addCallback(missing)
 
     def _referrerOf(self, repository: str, digest: str) -> Any:
         def related(head: dict[str, Any]) -> list[str]:
@@ -235,11 +282,14 @@ class S3ManifestBackend:
         return related
 
     def deleteManifestBefore(self, repository: str, digest: str, before: float) -> Deferred[bool]:
+        self._cache.drop(repository, digest)
         key = self._keys.manifest(repository, digest)
         related = self._referrerOf(repository, digest)
-        return self._client.run(self._uses.fencedDelete, key, before, related)
+        work = partial(self._uses.fencedDelete, key, before, related)
+        return self._client.run(underLease, self._client, self._lease, work)
 
     def quarantineManifest(self, repository: str, digest: str) -> Deferred[bool]:
+        self._cache.drop(repository, digest)
         return self._client.run(self._quarantine, repository, digest)
 
     def _quarantine(self, repository: str, digest: str) -> bool:

@@ -8,7 +8,8 @@ small marker objects beside the "directory" tree of the data:
   the last write or use of an object is the later of its own and its
   marker's C{LastModified};
 - C{fence/<key>}: written by a collector for as long as it decides on and
-  deletes C{<key>}.
+  deletes C{<key>}, which it does only while the collector lease
+  (C{collector-lease}) exists.
 
 A collector writes the fence, reads the times, deletes (or not), then
 removes the fence.  A writer records its use, then checks that there is no
@@ -16,6 +17,9 @@ fence and that the object is there.  S3 being strongly consistent, either
 the collector reads the use (and keeps the object), or the writer's check
 comes after the fence was written and reports the object missing.  (One
 collector at a time: two collectors of one key would share the fence.)
+The writer first looks at the lease: when there is none, no collector
+is between writing a fence and removing it, so it need not look for
+fences (one request per batch of keys instead of one per key).
 
 All times are the store's own (the C{Date} it answers with, and
 C{LastModified}), in whole seconds, the resolution S3 gives in headers.
@@ -29,6 +33,8 @@ import math
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
+
+from twisted.internet.defer import gatherResults
 
 from ociklein.interfaces import StoredItem
 from ociklein.names import isSupportedDigest
@@ -74,7 +80,15 @@ class Uses:
         in which case the caller must not count on it.
         """
         self.recordUse(key)
-        return self._client.head(self.fenceKey(key)) is None and self._client.head(key) is not None
+        if self.collecting() and self._client.head(self.fenceKey(key)) is not None:
+            return False
+        return self._client.head(key) is not None
+
+    def collecting(self) -> bool:
+        """
+        Whether a collector lease exists (a collection may be fencing keys).
+        """
+        return self._client.head(self._client.keys.collectorLease) is not None
 
     def lastUse(self, key: str) -> float | None:
         """
@@ -154,6 +168,30 @@ class Uses:
 
     def storedBytes(self) -> int:
         return sum(int(e["Size"]) for e in self._client.listObjects(self._prefix))
+
+
+async def touchAll(client: S3Client, uses: Uses, keys: list[str]) -> list[bool]:
+    """
+    L{Uses.touch} of many keys with the requests of each step in parallel:
+    every use, then the lease, then (only if there is a lease) every
+    fence, then every key.  Each check follows the step before it, as
+    the argument in the module's docstring needs.
+    """
+    if not keys:
+        return []
+    await _each(client, [(uses.recordUse, k) for k in keys])
+    fenced: list[Any] = [None] * len(keys)
+    if await client.run(uses.collecting):
+        fenced = await _each(client, [(client.head, uses.fenceKey(k)) for k in keys])
+    found = await _each(client, [(client.head, k) for k in keys])
+    return [fence is None and head is not None for fence, head in zip(fenced, found, strict=True)]
+
+
+async def _each(client: S3Client, calls: list[tuple[Callable[[str], Any], str]]) -> list[Any]:
+    results: list[Any] = await gatherResults(
+        [client.run(f, key) for f, key in calls], consumeErrors=True
+    ).addErrback(lambda failure: failure.value.subFailure)
+    return results
 
 
 def digestFromKey(rest: str) -> str | None:
