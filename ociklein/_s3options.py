@@ -26,6 +26,7 @@ S3_OPTIONS: list[list[Any]] = [
         None,
         "Size of the parts uploads are stored in, in MiB, 5 to 64. [default: 8]",
     ],
+    ["s3-read-ahead", None, None, "MiB each download reads ahead of its client, 0 to 64. [default: 4]"],
 ]
 S3_DEFAULTS: dict[str, Any] = {
     "s3-endpoint": "",
@@ -35,8 +36,21 @@ S3_DEFAULTS: dict[str, Any] = {
     "s3-credentials": "",
     "s3-ca-file": "",
     "s3-part-size": 8,
+    "s3-read-ahead": 4,
 }
 S3_KEYS = tuple(S3_DEFAULTS)
+
+
+def s3Numbers(options: Any) -> None:
+    """
+    Make the numeric s3 options numbers, whatever the backend (a file's
+    values are strings); one line if one is not.
+    """
+    for key in ("s3-part-size", "s3-read-ahead"):
+        try:
+            options[key] = int(options[key])
+        except (TypeError, ValueError):
+            raise usage.UsageError(f"--{key} must be a number, not {options[key]!r}") from None
 
 
 def checkS3(options: Any) -> None:
@@ -56,8 +70,11 @@ def checkS3(options: Any) -> None:
     for key in ("s3-credentials", "s3-ca-file"):
         if options[key] and not os.access(options[key], os.R_OK):
             raise usage.UsageError(f"--{key} {options[key]}: cannot read the file")
+    s3Numbers(options)
     if not 5 <= options["s3-part-size"] <= 64:
         raise usage.UsageError("--s3-part-size must be from 5 to 64 (MiB)")
+    if not 0 <= options["s3-read-ahead"] <= 64:
+        raise usage.UsageError("--s3-read-ahead must be from 0 to 64 (MiB)")
     try:
         s3Config(options).check()
     except ValueError as e:

@@ -26,7 +26,7 @@ from ociklein._listening import (
     parseEndpoint,
     shareableFamily,
 )
-from ociklein._s3options import S3_DEFAULTS, S3_KEYS, S3_OPTIONS, checkS3, s3Config
+from ociklein._s3options import S3_DEFAULTS, S3_KEYS, S3_OPTIONS, checkS3, s3Config, s3Numbers
 from ociklein._workers import FIRST_INHERITED, WorkersService, dieWithParent
 from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
@@ -84,7 +84,6 @@ _CONVERT = {
     "workers": int,
     "header-timeout": float,
     "idle-timeout": float,
-    "s3-part-size": int,
 }
 _BOOLEANS = {
     "yes": True,
@@ -317,6 +316,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be positive")
             if not math.isfinite(self[key]):
                 raise usage.UsageError(f"--{key} must be finite")
+        s3Numbers(self)
         self["max-connections"] = _maxConnections(self["max-connections"])
         for key in ("gc-interval", "gc-grace"):
             try:
@@ -550,7 +550,10 @@ def _makeS3Registry(
 
     client = S3Client(s3Config(settings), reactor=reactor)
     blobs = S3BlobStore(
-        client, uploadTTL=settings["upload-ttl"], partSize=settings["s3-part-size"] * 1024 * 1024
+        client,
+        uploadTTL=settings["upload-ttl"],
+        partSize=settings["s3-part-size"] * 1024 * 1024,
+        readAhead=settings["s3-read-ahead"] * 1024 * 1024,
     )
     # Every node sweeps expired sessions: sweeping is idempotent.
     sweeper = TimerService(blobs.expiryInterval, blobs.sweep)

@@ -486,3 +486,48 @@ async def test_deletionOutsideCollectionWaitsForLease(seaweedfs: SeaweedFS) -> N
     finally:
         other.close()
         first.close()
+
+
+async def _idle(reader: Any) -> None:
+    """
+    Wait (at most 30 s) until a reader has no read running.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(3000):
+        if reader._fetching is None:
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the reader kept reading")
+
+
+@pytest_twisted.ensureDeferred
+async def test_readAheadIsBounded(seaweedfs: SeaweedFS) -> None:
+    """A download reads ahead of its client up to --s3-read-ahead, no further; 0 reads only what is asked."""
+    ahead = S3Backends(seaweedfs, readAhead=3 * MIB)
+    none = S3Backends(seaweedfs, ahead.prefix, readAhead=0)
+    try:
+        data = os.urandom(10 * MIB + 5)
+        upload = await ahead.blobs.startUpload("repo", resumable=False)
+        await upload.write(data)
+        await upload.commit(digestOf(data))
+        for node, buffered in ((ahead, 3 * MIB), (none, 0)):
+            requests = _Requests(node.client)
+            reader: Any = await node.blobs.open(digestOf(data))
+            try:
+                assert await reader.read(0, MIB) == data[:MIB]
+                await _idle(reader)
+                assert len(reader._buffer) == buffered
+                assert await reader.read(MIB, 2 * MIB) == data[MIB : 3 * MIB]
+                await _idle(reader)
+                assert len(reader._buffer) == buffered
+                assert await reader.read(9 * MIB, 2 * MIB) == data[9 * MIB :]  # a jump
+                await _idle(reader)
+            finally:
+                reader.close()
+                requests.close()
+            assert requests.calls.count("GetObject") == 2, requests.calls  # one per offset jumped to
+    finally:
+        none.close()
+        ahead.close()

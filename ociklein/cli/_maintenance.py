@@ -142,10 +142,6 @@ def _s3Settings(args: argparse.Namespace, fromFile: dict[str, str]) -> dict[str,
         given = getattr(args, key)
         settings[key] = given if given is not None else fromFile.get(key, S3_DEFAULTS[key])
     try:
-        settings["s3-part-size"] = int(settings["s3-part-size"])
-    except ValueError:
-        raise RootError(f"--s3-part-size must be a number, not {settings['s3-part-size']!r}") from None
-    try:
         checkS3(settings)
     except UsageError as e:
         raise RootError(str(e)) from None

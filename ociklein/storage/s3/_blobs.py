@@ -18,6 +18,7 @@ from typing import Any, cast
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ociklein.interfaces import (
@@ -44,20 +45,36 @@ MAX_PART_SIZE = 64 * 1024 * 1024
 _SESSIONS = 16
 
 
+_CHUNK = 1024 * 1024
+DEFAULT_READ_AHEAD = 4 * _CHUNK
+
+
 @implementer(IBlobReader)
 class _S3Reader:
     """
     A blob read through one streaming GET from the first offset asked: a
     download reads on from where it stopped, and only a jump (a second
-    Range) opens another GET.  Nothing is read ahead of what is asked.
+    Range) opens another GET.
+
+    While the client takes what was read, the reader reads on, in the S3
+    pool, up to C{readAhead} bytes past what was asked (in 1 MiB reads, one
+    at a time), so the store and the client's connection work at once.
+    Memory is bounded by C{readAhead} plus one read, per reader; a client
+    that stops taking data stops the reading once that much is buffered.
     """
 
-    def __init__(self, client: S3Client, key: str, size: int) -> None:
+    def __init__(self, client: S3Client, key: str, size: int, readAhead: int = DEFAULT_READ_AHEAD) -> None:
         self._client = client
         self._key = key
         self.size = size
+        self._readAhead = readAhead
         self._body: Any = None
-        self._position = 0
+        self._bodyAt = 0  # offset of the next byte the GET's body gives
+        self._buffer = bytearray()  # read ahead, from self._bufferAt on
+        self._bufferAt = 0
+        self._fetching: Deferred[None] | None = None
+        self._failure: Failure | None = None
+        self._waiting: Deferred[None] | None = None
         self._closed = False
         self._reading = False
 
@@ -73,20 +90,82 @@ class _S3Reader:
 
         def done(result: object) -> object:
             self._reading = False
-            if self._closed:
-                self._drop()
             return result
 
-        return self._client.run(self._read, offset, want).addBoth(done)
+        return Deferred.fromCoroutine(self._read(offset, want)).addBoth(done)
 
-    def _read(self, offset: int, want: int) -> bytes:
-        if self._body is None or self._position != offset:
+    async def _read(self, offset: int, want: int) -> bytes:
+        if offset != self._bufferAt:
+            # A jump: what was read ahead is of no use.  A running read
+            # cannot be interrupted; let it end, then start over there.
+            while self._fetching is not None:
+                await self._fetched()
+            self._buffer.clear()
+            self._bufferAt = offset
+            self._failure = None
+        while len(self._buffer) < want and not self._closed:
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                failure.raiseException()
+            self._fill(want)
+            await self._fetched()
+        data = bytes(self._buffer[:want])
+        del self._buffer[:want]
+        self._bufferAt += len(data)
+        self._fill()
+        return data
+
+    def _fetched(self) -> Deferred[None]:
+        """
+        Fires when the read under way ends (at once if none is).
+        """
+        if self._fetching is None:
+            return succeed(None)
+        if self._waiting is None:
+            self._waiting = Deferred()
+        return self._waiting
+
+    def _fill(self, need: int = 0) -> None:
+        """
+        Start the next read if none is running and fewer than C{need}
+        bytes, or than the read-ahead allows, are buffered.
+        """
+        end = self._bufferAt + len(self._buffer)
+        if self._closed or self._fetching is not None or self._failure is not None:
+            return
+        if end >= self.size or len(self._buffer) >= max(self._readAhead, need):
+            return
+
+        def got(data: bytes) -> None:
+            self._buffer += data
+
+        def failed(failure: Failure) -> None:
+            self._failure = failure
+
+        def finished(_: object) -> None:
+            self._fetching = None
+            waiting, self._waiting = self._waiting, None
+            if self._closed:
+                self._drop()
+            elif self._failure is None:
+                self._fill()
+            if waiting is not None:
+                waiting.callback(None)
+
+        fetching = self._client.run(self._fetch, end, min(_CHUNK, self.size - end))
+        self._fetching = fetching.addCallbacks(got, failed).addBoth(finished)
+
+    def _fetch(self, offset: int, want: int) -> bytes:
+        """
+        Read C{want} bytes from C{offset} (blocking, in the pool).
+        """
+        if self._body is None or self._bodyAt != offset:
             self._drop()
             response = self._client.s3.get_object(
                 Bucket=self._client.bucket, Key=self._key, Range=f"bytes={offset}-{self.size - 1}"
             )
             self._body = response["Body"]
-            self._position = offset
+            self._bodyAt = offset
         chunks = []
         while want > 0:
             chunk = self._body.read(want)
@@ -94,7 +173,7 @@ class _S3Reader:
                 break
             chunks.append(chunk)
             want -= len(chunk)
-            self._position += len(chunk)
+            self._bodyAt += len(chunk)
         return b"".join(chunks)
 
     def _drop(self) -> None:
@@ -104,7 +183,8 @@ class _S3Reader:
 
     def close(self) -> None:
         self._closed = True
-        if not self._reading:
+        self._buffer.clear()
+        if self._fetching is None:
             self._drop()
 
 
@@ -123,6 +203,7 @@ class S3BlobStore:
         uploadTTL: float = 86400.0,
         partSize: int = DEFAULT_PART_SIZE,
         leaseSeconds: float = LEASE_SECONDS,
+        readAhead: int = DEFAULT_READ_AHEAD,
     ) -> None:
         if not MIN_PART_SIZE <= partSize <= MAX_PART_SIZE:
             raise ValueError(f"part size must be from {MIN_PART_SIZE} to {MAX_PART_SIZE} bytes")
@@ -131,6 +212,7 @@ class S3BlobStore:
         self._clock = clock if clock is not None else cast(IReactorTime, client.reactor)
         self._ttl = uploadTTL
         self._partSize = partSize
+        self._readAhead = readAhead
         self._uses = Uses(client)
         self._lease = LeaseObject(client, leaseSeconds)
         # Sessions this node wrote last, with their tail and running hash;
@@ -165,7 +247,7 @@ class S3BlobStore:
         key = self._keys.blob(digest)
 
         def opened(size: int | None) -> IBlobReader | None:
-            return None if size is None else _S3Reader(self._client, key, size)
+            return None if size is None else _S3Reader(self._client, key, size, self._readAhead)
 
         return self.stat(digest).addCallback(opened)
 
