@@ -19,7 +19,8 @@ from conftest import LiveClient, StubClient
 from helpers import digestOf, pushBlob, pushImage
 from seaweedfixture import S3Backends, SeaweedFS, s3Arguments
 from twistdprocess import TwistdRegistry
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 from ociklein import Registry
 from ociklein.interfaces import CollectionRefused
@@ -33,6 +34,20 @@ def ociklein(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ociklein.cli", *args], capture_output=True, text=True, timeout=120
     )
+
+
+async def nextSecond(backends: S3Backends) -> None:
+    """
+    Wait (at most 10 s) until the store's clock is past the second in
+    which anything written so far was stamped, so that a collection with
+    no grace may remove it (a use in the cutoff's second keeps an object).
+    """
+    start = await backends.blobs.now()
+    for _ in range(100):
+        if await backends.blobs.now() > start:
+            return
+        await deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError("the store's clock did not move in 10 s")
 
 
 @pytest.fixture
@@ -55,6 +70,7 @@ async def test_gcScrubDuOnS3(node: tuple[S3Backends, StubClient, list[str]]) -> 
     await pushImage(stub, "app", "v1", layers=(layer,))
     orphan = b"orphan layer" * 100
     await pushBlob(stub, "app", orphan)
+    await nextSecond(backends)
     usage = ociklein("du", *options, "--json")
     assert usage.returncode == 0, usage.stderr
     report = json.loads(usage.stdout)
@@ -230,6 +246,8 @@ async def test_gcRacingPushesOnS3(
     outcome = Outcome()
 
     async def collections(n: int) -> list[CollectionReport]:
+        if n % 2:
+            await nextSecond(backends)  # what was unreferenced a second ago can go
         return [await collect(backends.manifests, backends.blobs, grace=0, untagged=n % 2 == 1)]
 
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, cast
@@ -49,6 +49,45 @@ _CHUNK = 1024 * 1024
 DEFAULT_READ_AHEAD = 4 * _CHUNK
 
 
+class _Chunks:
+    """
+    Bytes read ahead, as the chunks they were read in: taking a whole
+    chunk (what a download asks for, 1 MiB at a time) copies nothing.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._length = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self._length += len(data)
+
+    def take(self, n: int) -> bytes:
+        """
+        The first C{n} bytes (or all there are), removed.
+        """
+        parts = []
+        while n > 0 and self._chunks:
+            first = self._chunks[0]
+            if len(first) <= n:
+                parts.append(self._chunks.popleft())
+            else:
+                parts.append(first[:n])
+                self._chunks[0] = first[n:]
+            n -= len(parts[-1])
+            self._length -= len(parts[-1])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._length = 0
+
+
 @implementer(IBlobReader)
 class _S3Reader:
     """
@@ -70,7 +109,7 @@ class _S3Reader:
         self._readAhead = readAhead
         self._body: Any = None
         self._bodyAt = 0  # offset of the next byte the GET's body gives
-        self._buffer = bytearray()  # read ahead, from self._bufferAt on
+        self._buffer = _Chunks()  # read ahead, from self._bufferAt on
         self._bufferAt = 0
         self._fetching: Deferred[None] | None = None
         self._failure: Failure | None = None
@@ -109,8 +148,7 @@ class _S3Reader:
                 failure.raiseException()
             self._fill(want)
             await self._fetched()
-        data = bytes(self._buffer[:want])
-        del self._buffer[:want]
+        data = self._buffer.take(want)
         self._bufferAt += len(data)
         self._fill()
         return data
@@ -137,7 +175,7 @@ class _S3Reader:
             return
 
         def got(data: bytes) -> None:
-            self._buffer += data
+            self._buffer.append(data)
 
         def failed(failure: Failure) -> None:
             self._failure = failure
