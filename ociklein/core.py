@@ -21,6 +21,7 @@ from ociklein.interfaces import (
     IBlobMaintenance,
     IBlobReader,
     IBlobStore,
+    IFencedManifestBackend,
     IManifestBackend,
     IManifestMaintenance,
     ITaggedManifestBackend,
@@ -138,6 +139,9 @@ class RegistryCore:
         # found in any repository the caller may pull.
         self.automaticMount = automaticMount
         self._claims: dict[str, str] = {}
+        # A backend that stores a push and records its uses in one step.
+        fenced = IFencedManifestBackend(manifests, None)
+        self._fenced = fenced if fenced is not None and fenced.fencesBlobsOf(blobs) else None
 
     # -- validation -------------------------------------------------------
 
@@ -498,7 +502,7 @@ class RegistryCore:
         if manifest.subject is not None and not isSupportedDigest(manifest.subject):
             raise errors.manifestInvalid(f"subject.digest {manifest.subject!r} is not a supported digest")
         if not self.allowSparseManifests:
-            await self._checkReferenced(name, manifest)
+            self._checkSupported(manifest)
         descriptor: dict[str, Any] = {
             "mediaType": manifest.mediaType,
             "digest": digest,
@@ -509,16 +513,54 @@ class RegistryCore:
         if manifest.annotations:
             descriptor["annotations"] = manifest.annotations
         tagged = list(tags) if isDigest else [reference]
+        lost = None
         for _ in range(_FENCE_ATTEMPTS):
-            lost = await self._storeManifest(name, digest, content, manifest, descriptor, tagged)
+            # On a retry: a garbage collector removed what this manifest
+            # needs while it was stored; check again (a lost blob is then
+            # unknown) and store again, rather than acknowledge a manifest
+            # that is not whole.
+            if (fenced := self._fenced) is not None:
+                lost = await self._storeFenced(fenced, name, digest, content, manifest, descriptor, tagged)
+            else:
+                if not self.allowSparseManifests:
+                    await self._checkReferenced(name, manifest)
+                lost = await self._storeManifest(name, digest, content, manifest, descriptor, tagged)
             if lost is None:
                 return PushedManifest(digest, manifest.subject, tags)
-            # A garbage collector removed what this manifest needs while it
-            # was stored: check again (a lost blob is then unknown) and store
-            # again, rather than acknowledge a manifest that is not whole.
-            if not self.allowSparseManifests:
-                await self._checkReferenced(name, manifest)
         raise errors.manifestBlobUnknown(lost or digest)
+
+    async def _storeFenced(
+        self,
+        backend: IFencedManifestBackend,
+        name: str,
+        digest: str,
+        content: bytes,
+        manifest: Manifest,
+        descriptor: dict[str, Any],
+        tags: list[str],
+    ) -> str | None:
+        """
+        L{_checkReferenced} and L{_storeManifest} in one step of the
+        backend; the first digest found missing after the store, or
+        L{None}.
+        """
+        outcome = await backend.storeFenced(
+            name,
+            digest,
+            tags,
+            manifest.mediaType,
+            content,
+            manifest.subject,
+            descriptor,
+            [d for d in manifest.blobs if isSupportedDigest(d)],
+            [d for d in manifest.children if isSupportedDigest(d)],
+            not self.allowSparseManifests,
+        )
+        if outcome.unknown is not None:
+            raise errors.manifestBlobUnknown(outcome.unknown)
+        # A sparse manifest's references may be missing; never the manifest.
+        lost = [d for d in outcome.lost if d == digest or not self.allowSparseManifests]
+        return lost[0] if lost else None
 
     async def _storeManifest(
         self,
@@ -569,6 +611,15 @@ class RegistryCore:
             return digest
         return None
 
+    @staticmethod
+    def _checkSupported(manifest: Manifest) -> None:
+        """
+        Refuse a manifest that references a digest no store keeps.
+        """
+        for digest in (*manifest.blobs, *manifest.children):
+            if not isSupportedDigest(digest):
+                raise errors.manifestBlobUnknown(digest)
+
     async def _checkReferenced(self, name: str, manifest: Manifest) -> None:
         """
         Refuse a manifest whose blobs or child manifests C{name} lacks.
@@ -578,9 +629,6 @@ class RegistryCore:
         in which a stored manifest (and its tags) can lose a blob to one
         that started earlier down to the push itself.
         """
-        for digest in (*manifest.blobs, *manifest.children):
-            if not isSupportedDigest(digest):
-                raise errors.manifestBlobUnknown(digest)
         blobs = IBlobMaintenance(self.blobs, None)
         if blobs is not None:
             if manifest.blobs and (lost := await blobs.touch(name, manifest.blobs)):

@@ -449,3 +449,55 @@ class ITagReadingManifestBackend(IManifestBackend):
         as L{IManifestBackend.resolveTag} then L{IManifestBackend.getManifest}
         would give them; L{None} if either is missing.
         """
+
+
+@dataclass(frozen=True)
+class FencedStore:
+    """
+    What L{IFencedManifestBackend.storeFenced} found: a referenced digest
+    missing before anything was stored (then nothing was), or the digests
+    that the uses recorded after the store found missing.
+    """
+
+    unknown: str | None
+    lost: Sequence[str]
+
+
+class IFencedManifestBackend(ITaggedManifestBackend, IManifestMaintenance):
+    """
+    A manifest backend that stores a manifest, tags it and records the uses
+    that fence garbage collection (see "Fencing" above) in one step.
+
+    Optional: the core uses it instead of L{ITaggedManifestBackend} and
+    separate C{touch} and C{touchManifests} calls when C{fencesBlobsOf} its
+    blob store, so that a storage where each step is a trip to a thread
+    pool or the network makes the trip once per push.
+    """
+
+    def fencesBlobsOf(blobs: IBlobStore) -> bool:
+        """
+        Whether L{storeFenced} records uses of the blobs and links of
+        C{blobs} (both on one storage) as C{blobs.touch} would.
+        """
+
+    def storeFenced(
+        repository: str,
+        digest: str,
+        tags: Sequence[str],
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+        blobs: Sequence[str],
+        children: Sequence[str],
+        check: bool,
+    ) -> Deferred[FencedStore]:
+        """
+        In order: if C{check}, record a use of each of C{blobs} (and its
+        link) and of each manifest of C{children}, and store nothing if one
+        is missing (C{unknown}); store the manifest unless it is stored
+        already, and point C{tags} at it, as L{putTaggedManifest}; once that
+        is durable, record a use of each of C{blobs} and C{children} again,
+        and then of the manifest; C{lost} lists those found missing, in
+        that order.
+        """

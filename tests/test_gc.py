@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import pytest_twisted
 from conftest import StubClient
 
 from ociklein import Registry
-from ociklein.interfaces import IBlobMaintenance, IManifestMaintenance
+from ociklein.interfaces import IBlobMaintenance, IFencedManifestBackend, IManifestMaintenance
 from ociklein.maintenance import collect, scrub
+from ociklein.storage.fs._maintenance import fencedRemove, storageNow
+from ociklein.storage.fs._paths import blobPath, digestPath
 from tests.helpers import OCI_INDEX, OCI_MANIFEST, digestOf, errorCode, pushBlob, pushImage, putManifest
 
 BASE = b"base layer shared by every image " * 100
@@ -217,6 +220,33 @@ async def test_unreadableManifestStopsCollection(tmp_path: Path) -> None:
 # at the worst moment: after the push checked it and stored its own write.
 
 
+def collectingAfterStore(manifests: Any, path: str) -> Callable[[], list[bool]]:
+    """
+    For a backend that stores a push and records its uses in one step of
+    its committer's thread (fs): remove the file at C{path} (once, as a
+    fenced deletion) after the store is durable and before the uses are
+    recorded.  Returns what undoes that, telling whether it removed it.
+    """
+    root, committer = manifests._root, manifests._committer
+    real, removed = committer.run, []
+
+    def run(prepare: Callable[[], Any], finish: Callable[[], Any]) -> Any:
+        def collectThenFinish() -> Any:
+            if not removed:
+                removed.append(fencedRemove(path, storageNow(root) + 1))
+            return finish()
+
+        return real(prepare, collectThenFinish)
+
+    committer.run = run
+
+    def undo() -> list[bool]:
+        del committer.run
+        return removed
+
+    return undo
+
+
 @pytest_twisted.ensureDeferred
 async def test_pushRacingBlobRemovalNotAcknowledged(registry: Registry, stub: StubClient) -> None:
     """A manifest whose blob a collector removed after the check is refused, not acknowledged."""
@@ -224,29 +254,36 @@ async def test_pushRacingBlobRemovalNotAcknowledged(registry: Registry, stub: St
     config = await pushBlob(stub, "app", b"{}")
     blobs = IBlobMaintenance(registry.core.blobs)
     manifests = registry.core.manifests
-    # Whichever way the backend stores a tagged manifest, in one step or two.
-    names = [n for n in ("putManifest", "putTaggedManifest") if hasattr(manifests, n)]
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": blob, "size": 9}],
+    }
+    if IFencedManifestBackend.providedBy(manifests):
+        undo = collectingAfterStore(manifests, blobPath(manifests._root, blob))
+        try:
+            response = await putManifest(stub, "app", "v1", json.dumps(document).encode())
+        finally:
+            assert undo() == [True]
+    else:
+        # Whichever way the backend stores a tagged manifest, in one step or two.
+        names = [n for n in ("putManifest", "putTaggedManifest") if hasattr(manifests, n)]
 
-    def thenCollect(real: Any) -> Any:
-        async def put(*args: Any) -> None:
-            await real(*args)
-            assert await blobs.deleteBlob(blob, await blobs.now() + 1)
+        def thenCollect(real: Any) -> Any:
+            async def put(*args: Any) -> None:
+                await real(*args)
+                assert await blobs.deleteBlob(blob, await blobs.now() + 1)
 
-        return put
+            return put
 
-    for name in names:
-        setattr(manifests, name, thenCollect(getattr(manifests, name)))
-    try:
-        document = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
-            "layers": [{"mediaType": "application/octet-stream", "digest": blob, "size": 9}],
-        }
-        response = await putManifest(stub, "app", "v1", json.dumps(document).encode())
-    finally:
         for name in names:
-            delattr(manifests, name)
+            setattr(manifests, name, thenCollect(getattr(manifests, name)))
+        try:
+            response = await putManifest(stub, "app", "v1", json.dumps(document).encode())
+        finally:
+            for name in names:
+                delattr(manifests, name)
     assert response.code == 400, response.body
     assert errorCode(response) == "MANIFEST_BLOB_UNKNOWN"
     assert await blobCode(stub, "app", blob) == 404
@@ -257,20 +294,29 @@ async def test_tagRacingManifestRemovalStoresAgain(registry: Registry, stub: Stu
     """A tag set while a collector removes its untagged manifest ends with the manifest stored."""
     digest, content = await pushImage(stub, "app", None)
     manifests = registry.core.manifests
-    backend = IManifestMaintenance(manifests)
-    realSetTag = manifests.setTag
-    removed = []
+    if IFencedManifestBackend.providedBy(manifests):
+        path = digestPath(os.path.join(manifests._root, "repositories", "app", "_manifests"), digest)
+        undo = collectingAfterStore(manifests, path)
+        try:
+            response = await putManifest(stub, "app", "v1", content)
+        finally:
+            removed = undo()
+    else:
+        backend = IManifestMaintenance(manifests)
+        realSetTag = manifests.setTag
+        removed = []
 
-    async def setTagThenCollect(repository: str, tag: str, target: str) -> None:
-        await realSetTag(repository, tag, target)
-        if not removed:
-            removed.append(await backend.deleteManifestBefore(repository, target, await backend.now() + 1))
+        async def setTagThenCollect(repository: str, tag: str, target: str) -> None:
+            await realSetTag(repository, tag, target)
+            if not removed:
+                before = await backend.now() + 1
+                removed.append(await backend.deleteManifestBefore(repository, target, before))
 
-    manifests.setTag = setTagThenCollect
-    try:
-        response = await putManifest(stub, "app", "v1", content)
-    finally:
-        del manifests.setTag
+        manifests.setTag = setTagThenCollect
+        try:
+            response = await putManifest(stub, "app", "v1", content)
+        finally:
+            del manifests.setTag
     assert removed == [True]
     assert response.code == 201, response.body
     assert await manifestCode(stub, "app", "v1") == 200

@@ -73,6 +73,53 @@ async def test_everyAcknowledgedPutIsDurable(root: Path, monkeypatch: pytest.Mon
     assert recorder.count("fsync", str(repo / "_tags")) < CLIENTS
 
 
+class _CountingReactor:
+    """
+    The real reactor, counting the jobs handed to its thread pool.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet import reactor
+
+        self.real: Any = reactor
+        self.jobs = 0
+
+    def getThreadPool(self) -> Any:
+        reactor, pool = self, self.real.getThreadPool()
+
+        class Counting:
+            def callInThreadWithCallback(self, *args: Any, **kwargs: Any) -> None:
+                reactor.jobs += 1
+                pool.callInThreadWithCallback(*args, **kwargs)
+
+        return Counting()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_taggedPutIsOneTripToThreads(root: Path) -> None:
+    """A manifest PUT checks its blobs, stores, tags and records its uses in one thread-pool job."""
+    from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend
+
+    reactor = _CountingReactor()
+    blobs = FilesystemBlobStore(str(root), reactor=reactor)  # type: ignore[arg-type]
+    client = StubClient(Registry(FilesystemManifestBackend(str(root), reactor=reactor), blobs))  # type: ignore[arg-type]
+    await pushBlob(client, "repo", b"{}")
+    await pushBlob(client, "repo", b"layer")
+    for i, body in enumerate(manifests(2)):
+        reactor.jobs = 0
+        reference = f"t{i}" if i == 0 else f"{digestOf(body)}?tag=t{i}"
+        response = await client.request(
+            "PUT", f"/v2/repo/manifests/{reference}", data=body, headers={"Content-Type": OCI_MANIFEST}
+        )
+        assert response.code == 201
+        assert reactor.jobs == 1
+    blobs.close()
+    assert sorted(os.listdir(root / "repositories" / "repo" / "_tags")) == ["t0", "t1"]
+
+
 class _ManualPool:
     """
     A thread pool that runs nothing until the test says so: batches are

@@ -53,10 +53,10 @@ from ociklein.storage.fs._paths import (
     checkDigest,
     checkInside,
     checkRepository,
-    digestPath,
     holderPath,
     holdersPath,
     isRepository,
+    linkPath,
     page,
     repositoryPath,
 )
@@ -473,7 +473,7 @@ def _openWithSize(path: str, flags: int) -> tuple[int, int] | None:
 
 
 def _linkPath(root: str, repository: str, digest: str) -> str:
-    return checkInside(root, digestPath(os.path.join(repositoryPath(root, repository), "_links"), digest))
+    return checkInside(root, linkPath(repositoryPath(root, repository), digest))
 
 
 def _holderPath(root: str, digest: str, repository: str) -> str:
@@ -548,6 +548,14 @@ class FilesystemBlobStore:
         # Startup happens before serving, so this work may block.
         cleanTmp(self._root)
         _sweepUploads(self._root, self._clock.seconds(), self._ttl)
+
+    @property
+    def root(self) -> str:
+        """
+        The real path of the storage root, which a manifest backend on the
+        same root shares (see L{FilesystemManifestBackend.fencesBlobsOf}).
+        """
+        return self._root
 
     @property
     def expiryInterval(self) -> float:

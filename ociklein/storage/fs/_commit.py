@@ -10,6 +10,11 @@ fsyncs all their temp files, renames them, and fsyncs each directory
 once, however many of the batch's files landed in it.  Eight concurrent
 manifest PUTs into one repository then cost eight file fsyncs and one
 fsync of C{_manifests/sha256/}, instead of sixteen fsyncs.
+
+A caller may also give work to do in the batch's thread before its files
+are written (computing and checking paths, checking that what it
+references exists) and after they are durable (recording uses that fence
+garbage collection): a manifest PUT then crosses to the thread pool once.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
@@ -48,6 +54,8 @@ class Put:
 
 Stage = Sequence[Put]
 
+_T = TypeVar("_T")
+
 
 @dataclass
 class _Temp:
@@ -60,17 +68,26 @@ class _Temp:
     fd: int | None
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass
 class _Request:
     """
     The writes of one caller: its stages in order, where each stage is on
     stable storage before the next one's files are renamed into place, so
     that a crash part-way never leaves a later file without an earlier.
+    C{prepare} gives the stages, in the batch's thread; C{finish} runs there
+    once they are all durable, and what it returns is the caller's result.
     """
 
-    stages: Sequence[Stage]
+    prepare: Callable[[], Sequence[Stage]]
+    finish: Callable[[], object] = _nothing
+    stages: Sequence[Stage] = ()
     temps: list[list[_Temp]] = field(default_factory=list)
     error: BaseException | None = None
+    result: object = None
 
     def openTemps(self) -> list[_Temp]:
         return [temp for temps in self.temps for temp in temps if temp.fd is not None]
@@ -95,6 +112,7 @@ def _write(root: str, request: _Request) -> None:
     Write a temp file for each file the request will rename into place,
     skipping markers that already exist.
     """
+    request.stages = request.prepare()
     for stage in request.stages:
         temps: list[_Temp] = []
         request.temps.append(temps)
@@ -127,6 +145,10 @@ def _rename(request: _Request, stage: int, touched: dict[str, list[_Request]]) -
         touched.setdefault(parent, []).append(request)
 
 
+def _finish(request: _Request) -> None:
+    request.result = request.finish()
+
+
 def _each(requests: Sequence[_Request], step: Callable[[_Request], None]) -> None:
     for request in requests:
         if request.error is None:
@@ -140,8 +162,9 @@ def commitBatch(root: str, requests: Sequence[_Request]) -> None:
     """
     Make every request's files durable with as few fsyncs as the batch
     allows: all temp files written, then fsynced, then stage by stage the
-    renames and one fsync per directory touched.  A request that fails is
-    marked failed and its temp files removed; the others go on.
+    renames and one fsync per directory touched, then each request's
+    C{finish}.  A request that fails is marked failed and its temp files
+    removed; the others go on.
     """
     _each(requests, lambda request: _write(root, request))
     # Writeback of every temp file started before the first fsync: one
@@ -159,6 +182,7 @@ def commitBatch(root: str, requests: Sequence[_Request]) -> None:
             except Exception as e:
                 for request in writers:
                     request.fail(e)
+    _each(requests, _finish)
 
 
 def atomicWrite(root: str, path: str, data: bytes) -> None:
@@ -167,7 +191,8 @@ def atomicWrite(root: str, path: str, data: bytes) -> None:
     crash sees the old file or the new one, never a torn or missing one:
     one write on its own, for a caller already in a thread.
     """
-    request = _Request([[Put(path, data)]])
+    stages = [[Put(path, data)]]
+    request = _Request(lambda: stages)
     commitBatch(root, [request])
     if request.error is not None:
         raise request.error
@@ -184,7 +209,7 @@ class GroupCommitter:
     def __init__(self, root: str, reactor: IReactorThreads) -> None:
         self._root = root
         self._reactor = reactor
-        self._waiting: list[tuple[_Request, Deferred[None]]] = []
+        self._waiting: list[tuple[_Request, Deferred[Any]]] = []
         self._busy = False
 
     def write(self, *stages: Stage) -> Deferred[None]:
@@ -192,8 +217,17 @@ class GroupCommitter:
         Write each stage's files durably, in order; fires once all of them
         and their directory entries are on stable storage.
         """
-        done: Deferred[None] = Deferred()
-        self._waiting.append((_Request(stages), done))
+        return self.run(lambda: stages, _nothing)
+
+    def run(self, prepare: Callable[[], Sequence[Stage]], finish: Callable[[], _T]) -> Deferred[_T]:
+        """
+        In the thread of the next batch: C{prepare()} for the stages to
+        write (an exception fails this request alone, nothing written),
+        then those writes as L{write} makes them, then C{finish()}; fires
+        with what C{finish} returns.  Both block, so they run in the pool.
+        """
+        done: Deferred[_T] = Deferred()
+        self._waiting.append((_Request(prepare, finish), done))
         if not self._busy:
             self._next()
         return done
@@ -203,7 +237,7 @@ class GroupCommitter:
         self._busy = True
         inThread(self._reactor, commitBatch, self._root, [r for r, _ in batch]).addBoth(self._finished, batch)
 
-    def _finished(self, result: object, batch: list[tuple[_Request, Deferred[None]]]) -> None:
+    def _finished(self, result: object, batch: list[tuple[_Request, Deferred[Any]]]) -> None:
         # Still busy while the callers go on: the writes their next steps
         # make (a PUT's tag after its manifest) queue up and go together.
         for request, done in batch:
@@ -212,7 +246,7 @@ class GroupCommitter:
             elif request.error is not None:
                 done.errback(Failure(request.error))
             else:
-                done.callback(None)
+                done.callback(request.result)
         self._busy = False
         if self._waiting:
             self._next()

@@ -12,20 +12,30 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
-from ociklein.interfaces import IManifestMaintenance, ITaggedManifestBackend, StoredItem
+from ociklein.interfaces import FencedStore, IFencedManifestBackend, StoredItem
 from ociklein.storage._threads import inThread, resolveReactor
+from ociklein.storage.fs._blobs import FilesystemBlobStore
 from ociklein.storage.fs._cache import FileCache
-from ociklein.storage.fs._commit import GroupCommitter, Put
+from ociklein.storage.fs._commit import GroupCommitter, Put, Stage
 from ociklein.storage.fs._durable import fsyncDir, removeDurably
 from ociklein.storage.fs._listing import SortedListings
-from ociklein.storage.fs._maintenance import fencedRemove, listItems, quarantine, recordUses, storageNow
+from ociklein.storage.fs._maintenance import (
+    fencedRemove,
+    listItems,
+    quarantine,
+    recordUse,
+    recordUses,
+    storageNow,
+)
 from ociklein.storage.fs._paths import (
+    blobPath,
     catalogName,
     catalogPath,
     checkDigest,
@@ -36,6 +46,7 @@ from ociklein.storage.fs._paths import (
     isDigest,
     isRepository,
     isTag,
+    linkPath,
     page,
     repositoryPath,
 )
@@ -113,6 +124,9 @@ class _Paths:
     def tag(self, tag: str) -> str:
         return checkInside(self.directory, os.path.join(self.directory, "_tags", tag))
 
+    def link(self, digest: str) -> str:
+        return checkInside(self.directory, linkPath(self.directory, digest))
+
     def referrers(self, subject: str) -> str:
         return checkInside(self.directory, digestPath(os.path.join(self.directory, "_referrers"), subject))
 
@@ -131,6 +145,82 @@ class _Paths:
         Enter the repository in the catalog, once.
         """
         return Put(self.catalog, b"", onlyIfMissing=True)
+
+
+class _Unknown(Exception):
+    """
+    A digest a manifest references is missing: nothing was stored.
+    """
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(digest)
+        self.digest = digest
+
+
+@dataclass(frozen=True)
+class _Push:
+    """
+    The files of one manifest push, from checked names.
+    """
+
+    digest: str
+    data: bytes
+    subject: str | None
+    referrer: bytes
+    tags: Sequence[str]
+
+    @classmethod
+    def checked(
+        cls,
+        repository: str,
+        digest: str,
+        tags: Sequence[str],
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+    ) -> _Push:
+        checkRepository(repository)
+        checkDigest(digest)
+        if subject is not None:
+            checkDigest(subject)
+        tags = [checkTag(tag) for tag in tags]
+        data = _encodeManifest(mediaType, subject, content)
+        return cls(digest, data, subject, json.dumps(descriptor).encode(), tags)
+
+    def stages(self, paths: _Paths, manifest: str | None) -> list[list[Put]]:
+        """
+        Catalog entry, manifest (at C{manifest}, unless L{None}), then its
+        referrers entry and tags, each stage durable before the next: after
+        a crash the referrers index may lag behind the manifests and a tag
+        may not have moved yet, but neither points at a missing manifest.
+        """
+        stored, after = [], []
+        if manifest is not None:
+            stored.append(Put(manifest, self.data))
+            if self.subject is not None:
+                after.append(Put(paths.referrer(self.subject, self.digest), self.referrer))
+        after += [Put(paths.tag(tag), self.digest.encode() + b"\n") for tag in self.tags]
+        return [[paths.register()], stored, after]
+
+
+class _Uses:
+    """
+    What a push records a use of: each blob with its link, as the blob
+    store's C{touch} does, then each child manifest.  Paths are checked
+    once, for the use before the store and the one after.
+    """
+
+    def __init__(self, paths: _Paths, blobs: Sequence[str], children: Sequence[str]) -> None:
+        self.digests = [*blobs, *children]
+        self.groups: list[tuple[str, ...]] = [(paths.link(d), blobPath(paths.root, d)) for d in blobs]
+        self.groups += [(paths.manifest(d),) for d in children]
+
+    def record(self) -> list[str]:
+        """
+        Record them; the digests missing.
+        """
+        return [self.digests[i] for i in recordUses(self.groups)]
 
 
 def _subjectOf(path: str) -> str | None:
@@ -224,7 +314,7 @@ def _referrers(paths: _Paths, subject: str) -> list[dict[str, Any]]:
     return found
 
 
-@implementer(ITaggedManifestBackend, IManifestMaintenance)
+@implementer(IFencedManifestBackend)
 class FilesystemManifestBackend:
     """
     Manifests, tags and referrers under C{root/repositories}, the list of
@@ -280,20 +370,14 @@ class FilesystemManifestBackend:
         descriptor: dict[str, Any],
         tags: Sequence[str] = (),
     ) -> None:
-        paths = self._paths(repository)
-        checkDigest(digest)
-        if subject is not None:
-            checkDigest(subject)
-        data = _encodeManifest(mediaType, subject, content)
-        # Catalog entry, manifest, then its referrers entry and tag, each
-        # stage durable before the next: after a crash the referrers index
-        # may lag behind the manifests and a tag may not have moved yet, but
-        # neither points at a missing manifest.
-        after = []
-        if subject is not None:
-            after.append(Put(paths.referrer(subject, digest), json.dumps(descriptor).encode()))
-        after += [Put(paths.tag(checkTag(tag)), digest.encode() + b"\n") for tag in tags]
-        await self._committer.write([paths.register()], [Put(paths.manifest(digest), data)], after)
+        push = _Push.checked(repository, digest, tags, mediaType, content, subject, descriptor)
+
+        # Path checks too in the committer's thread: nothing here on the reactor touches the disk.
+        def prepare() -> Sequence[Stage]:
+            paths = self._paths(repository)
+            return push.stages(paths, paths.manifest(digest))
+
+        await self._committer.run(prepare, lambda: None)
 
     def putTaggedManifest(
         self,
@@ -308,6 +392,72 @@ class FilesystemManifestBackend:
         return Deferred.fromCoroutine(
             self._putManifest(repository, digest, mediaType, content, subject, descriptor, tags)
         )
+
+    def fencesBlobsOf(self, blobs: object) -> bool:
+        return isinstance(blobs, FilesystemBlobStore) and blobs.root == self._root
+
+    def storeFenced(
+        self,
+        repository: str,
+        digest: str,
+        tags: Sequence[str],
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+        blobs: Sequence[str],
+        children: Sequence[str],
+        check: bool,
+    ) -> Deferred[FencedStore]:
+        return Deferred.fromCoroutine(
+            self._storeFenced(
+                repository, digest, tags, mediaType, content, subject, descriptor, blobs, children, check
+            )
+        )
+
+    async def _storeFenced(
+        self,
+        repository: str,
+        digest: str,
+        tags: Sequence[str],
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+        blobs: Sequence[str],
+        children: Sequence[str],
+        check: bool,
+    ) -> FencedStore:
+        push = _Push.checked(repository, digest, tags, mediaType, content, subject, descriptor)
+        for d in (*blobs, *children):
+            checkDigest(d)
+        # Everything that touches the disk, path checks included, happens in
+        # the committer's thread: one trip to the pool for the whole push.
+        found: list[tuple[_Uses, str]] = []
+
+        def prepare() -> Sequence[Stage]:
+            paths = self._paths(repository)
+            uses, manifest = _Uses(paths, blobs, children), paths.manifest(digest)
+            found.append((uses, manifest))
+            if check and (missing := uses.record()):
+                raise _Unknown(missing[0])
+            # Content-addressed: the same bytes again (another tag for one
+            # image, a retry) have nothing new to store.
+            return push.stages(paths, None if os.path.exists(manifest) else manifest)
+
+        def finish() -> FencedStore:
+            # After the manifest and its tags are durable: what it references
+            # first, then the manifest itself (docs/storage.md, "The fence").
+            uses, manifest = found[0]
+            lost = uses.record()
+            if not recordUse(manifest):
+                lost.append(digest)
+            return FencedStore(None, lost)
+
+        try:
+            return await self._committer.run(prepare, finish)
+        except _Unknown as e:
+            return FencedStore(e.digest, ())
 
     def deleteManifest(self, repository: str, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._deleteManifest(repository, digest))

@@ -102,6 +102,14 @@ def repositoryPath(root: str, repository: str) -> str:
     return os.path.join(root, "repositories", *repository.split("/"))
 
 
+def linkPath(repositoryDirectory: str, digest: str) -> str:
+    """
+    C{<repository>/_links/<algorithm>/<hex>}: an empty file saying the blob
+    belongs to the repository.
+    """
+    return digestPath(os.path.join(repositoryDirectory, "_links"), digest)
+
+
 def catalogPath(root: str, repository: str) -> str:
     """
     The catalog entry of a repository: a flat file named with C{/} turned
