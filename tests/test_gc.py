@@ -324,6 +324,29 @@ async def test_tagRacingManifestRemovalStoresAgain(registry: Registry, stub: Stu
 
 
 @pytest_twisted.ensureDeferred
+async def test_indexRacingChildRemovalNotAcknowledged(registry: Registry, stub: StubClient) -> None:
+    """An index whose child manifest a collector removed after the check is refused, not acknowledged."""
+    manifests = registry.core.manifests
+    if not IFencedManifestBackend.providedBy(manifests):
+        pytest.skip("the fence in one step of a committer's thread (fs)")
+    child, content = await pushImage(stub, "app", None)
+    path = digestPath(os.path.join(manifests._root, "repositories", "app", "_manifests"), child)
+    undo = collectingAfterStore(manifests, path)
+    try:
+        document = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": len(content)}],
+        }
+        response = await putManifest(stub, "app", "multi", json.dumps(document).encode(), OCI_INDEX)
+    finally:
+        assert undo() == [True]
+    assert response.code == 400, response.body
+    assert errorCode(response) == "MANIFEST_BLOB_UNKNOWN"
+    assert await manifestCode(stub, "app", child) == 404
+
+
+@pytest_twisted.ensureDeferred
 async def test_mountRacingRemovalNotAcknowledged(registry: Registry, stub: StubClient) -> None:
     """A mount of a blob a collector removes as it links answers 202 (upload), not 201."""
     digest = await pushBlob(stub, "source", b"mounted layer")
