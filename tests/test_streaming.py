@@ -304,3 +304,26 @@ async def test_large_bodies_are_read_a_chunk_at_a_time(monkeypatch: pytest.Monke
             assert set(reads) == {tcp.Connection.bufferSize}
     finally:
         await pool.closeCachedConnections()
+
+
+@pytest_twisted.ensureDeferred
+async def test_blobs_are_sent_a_piece_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob's pieces go to the socket in sends of up to a whole piece, not 128 KiB each."""
+    limits: list[int] = []
+    real = tcp.Connection.writeSomeData
+
+    def writeSomeData(self: tcp.Connection, data: bytes) -> Any:
+        if isinstance(self, tcp.Server):
+            limits.append(self.SEND_LIMIT)
+        return real(self, data)
+
+    monkeypatch.setattr(tcp.Connection, "writeSomeData", writeSomeData)
+    async for live in serve(Registry(MemoryManifestBackend(), MemoryBlobStore())):
+        data = b"y" * (4 * READ_SIZE)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        response = await live.request("POST", f"/v2/repo/blobs/uploads/?digest={digest}", data=data)
+        assert response.code == 201
+        limits.clear()
+        response = await live.request("GET", f"/v2/repo/blobs/{digest}")
+        assert response.code == 200 and response.body == data
+        assert max(limits) == READ_SIZE

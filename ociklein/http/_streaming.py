@@ -20,7 +20,6 @@ from twisted.internet import reactor as _globalReactor
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import parse_qs
@@ -31,6 +30,7 @@ from ociklein import _metrics, errors
 from ociklein._body import CHUNK_SIZE, Body, BodyPipe, FileBody
 from ociklein.errors import OCIError
 from ociklein.http._limits import ConnectionGuard, Deadline, Limits
+from ociklein.http._tcp import tcpConnection
 
 _BODY_METHODS = frozenset({b"PUT", b"PATCH", b"POST"})
 # A body longer than this is read from the socket a chunk at a time (up to
@@ -162,13 +162,12 @@ class StreamingRequest(server.Request):
 
 def _setReadSize(transport: object, size: int) -> None:
     """
-    Make the TCP connection under C{transport} (and wrappers such as the
-    TLS guard's) read up to C{size} bytes at a time.
+    Make the TCP connection under C{transport} read up to C{size} bytes at
+    a time.
     """
-    while isinstance(transport, ProtocolWrapper):
-        transport = transport.transport
-    if isinstance(transport, tcp.Connection):
-        transport.bufferSize = size
+    connection = tcpConnection(transport)
+    if connection is not None:
+        connection.bufferSize = size
 
 
 def requestBody(request: Any) -> Body:
