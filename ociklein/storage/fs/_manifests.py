@@ -47,6 +47,7 @@ from ociklein.storage.fs._paths import (
     isRepository,
     isTag,
     linkPath,
+    openInside,
     page,
     repositoryPath,
 )
@@ -82,9 +83,9 @@ def _decodeManifest(data: bytes) -> tuple[str, bytes]:
     return mediaType, data[offset:]
 
 
-def _readTag(path: str) -> str | None:
+def _readTag(root: str, path: str) -> str | None:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = openInside(root, path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -246,7 +247,7 @@ def _deleteManifest(paths: _Paths, digest: str) -> bool:
     removedTag = False
     for tag in _listTags(paths):
         tagPath = paths.tag(tag)
-        if _readTag(tagPath) == digest:
+        if _readTag(paths.root, tagPath) == digest:
             try:
                 os.unlink(tagPath)
             except FileNotFoundError:
@@ -471,7 +472,10 @@ class FilesystemManifestBackend:
         return maybeDeferred(self._resolveTag, repository, tag)
 
     def _resolveTag(self, repository: str, tag: str) -> str | None:
-        return _readTag(self._paths(repository).tag(checkTag(tag)))
+        # Checked for symlinks as it is opened: one system call, not one per
+        # directory on the way (a manifest GET by tag is the commonest request).
+        directory = repositoryPath(self._root, checkRepository(repository))
+        return _readTag(self._root, os.path.join(directory, "_tags", checkTag(tag)))
 
     def setTag(self, repository: str, tag: str, digest: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._setTag(repository, tag, digest))
