@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ociklein.interfaces import FencedStore, IFencedManifestBackend, StoredItem
@@ -410,33 +411,14 @@ class FilesystemManifestBackend:
         children: Sequence[str],
         check: bool,
     ) -> Deferred[FencedStore]:
-        return Deferred.fromCoroutine(
-            self._storeFenced(
-                repository, digest, tags, mediaType, content, subject, descriptor, blobs, children, check
-            )
-        )
-
-    async def _storeFenced(
-        self,
-        repository: str,
-        digest: str,
-        tags: Sequence[str],
-        mediaType: str,
-        content: bytes,
-        subject: str | None,
-        descriptor: dict[str, Any],
-        blobs: Sequence[str],
-        children: Sequence[str],
-        check: bool,
-    ) -> FencedStore:
-        push = _Push.checked(repository, digest, tags, mediaType, content, subject, descriptor)
-        for d in (*blobs, *children):
-            checkDigest(d)
-        # Everything that touches the disk, path checks included, happens in
-        # the committer's thread: one trip to the pool for the whole push.
+        # Everything, the checks of names and paths included, happens in the
+        # committer's thread: one trip to the pool for the whole push.
         found: list[tuple[_Uses, str]] = []
 
         def prepare() -> Sequence[Stage]:
+            push = _Push.checked(repository, digest, tags, mediaType, content, subject, descriptor)
+            for d in (*blobs, *children):
+                checkDigest(d)
             paths = self._paths(repository)
             uses, manifest = _Uses(paths, blobs, children), paths.manifest(digest)
             found.append((uses, manifest))
@@ -455,10 +437,11 @@ class FilesystemManifestBackend:
                 lost.append(digest)
             return FencedStore(None, lost)
 
-        try:
-            return await self._committer.run(prepare, finish)
-        except _Unknown as e:
-            return FencedStore(e.digest, ())
+        def unknown(failure: Failure) -> FencedStore:
+            failure.trap(_Unknown)
+            return FencedStore(failure.value.digest, ())
+
+        return self._committer.run(prepare, finish).addErrback(unknown)
 
     def deleteManifest(self, repository: str, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._deleteManifest(repository, digest))
