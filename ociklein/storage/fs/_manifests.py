@@ -48,7 +48,6 @@ from ociklein.storage.fs._paths import (
     isRepository,
     isTag,
     linkPath,
-    openInside,
     page,
     repositoryPath,
 )
@@ -84,9 +83,9 @@ def _decodeManifest(data: bytes) -> tuple[str, bytes]:
     return mediaType, data[offset:]
 
 
-def _readTag(root: str, path: str) -> str | None:
+def _readTag(path: str) -> str | None:
     try:
-        fd = openInside(root, path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -248,7 +247,7 @@ def _deleteManifest(paths: _Paths, digest: str) -> bool:
     removedTag = False
     for tag in _listTags(paths):
         tagPath = paths.tag(tag)
-        if _readTag(paths.root, tagPath) == digest:
+        if _readTag(tagPath) == digest:
             try:
                 os.unlink(tagPath)
             except FileNotFoundError:
@@ -455,10 +454,7 @@ class FilesystemManifestBackend:
         return maybeDeferred(self._resolveTag, repository, tag)
 
     def _resolveTag(self, repository: str, tag: str) -> str | None:
-        # Checked for symlinks as it is opened: one system call, not one per
-        # directory on the way (a manifest GET by tag is the commonest request).
-        directory = repositoryPath(self._root, checkRepository(repository))
-        return _readTag(self._root, os.path.join(directory, "_tags", checkTag(tag)))
+        return _readTag(self._paths(repository).tag(checkTag(tag)))
 
     def setTag(self, repository: str, tag: str, digest: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._setTag(repository, tag, digest))

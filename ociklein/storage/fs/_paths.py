@@ -6,12 +6,10 @@ L{ociklein.storage._checks}.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import errno
 import os
 import re
 import stat
-from collections.abc import Callable
 
 from ociklein.names import MAX_NAME_LENGTH, isName, isSupportedDigest
 from ociklein.names import isTag as _isTag
@@ -54,10 +52,6 @@ def isDigest(text: str) -> bool:
     return isSupportedDigest(text)
 
 
-def _planted(path: str) -> OSError:
-    return OSError(errno.ELOOP, "a symbolic link inside the storage root is not followed", path)
-
-
 def checkInside(root: str, path: str) -> str:
     """
     Refuse (C{ELOOP}) a C{path} under C{root} that a symlink planted inside
@@ -66,7 +60,7 @@ def checkInside(root: str, path: str) -> str:
     """
     if not path.startswith(root + os.sep):
         if os.path.realpath(path) != path:
-            raise _planted(path)
+            raise OSError(errno.ELOOP, "a symbolic link inside the storage root is not followed", path)
         return path
     # One lstat per component below the root, stopping at the first that
     # does not exist: what realpath would find, at a fraction of its cost
@@ -79,62 +73,8 @@ def checkInside(root: str, path: str) -> str:
         except (FileNotFoundError, NotADirectoryError):
             return path
         if stat.S_ISLNK(mode):
-            raise _planted(path)
+            raise OSError(errno.ELOOP, "a symbolic link inside the storage root is not followed", path)
     return path
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_SYS_OPENAT2 = 437  # the same number on every Linux architecture
-_AT_FDCWD = -100
-_RESOLVE_NO_SYMLINKS = 0x04
-
-
-def _loadOpenat2() -> Callable[[str, int], int] | None:
-    """
-    Linux's C{openat2} refusing every symlink on the way, where the kernel
-    (5.6 and later) and the C library have it.
-    """
-    try:
-        syscall = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
-        return None
-    syscall.restype = ctypes.c_long
-
-    def openat2(path: str, flags: int) -> int:
-        how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS)
-        fd = syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
-        if fd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), path)
-        return int(fd)
-
-    try:
-        os.close(openat2("/", os.O_RDONLY | os.O_DIRECTORY))
-    except OSError:  # ENOSYS, or refused by a seccomp filter
-        return None
-    return openat2
-
-
-_openat2 = _loadOpenat2()
-
-
-def openInside(root: str, path: str, flags: int) -> int:
-    """
-    C{os.open(checkInside(root, path), flags)}, in one system call where
-    the kernel can refuse symlinks itself: C{root} has none (it is a real
-    path), so a symlink anywhere in C{path} is one planted inside the root.
-    """
-    if _openat2 is None or not path.startswith(root + os.sep):
-        return os.open(checkInside(root, path), flags)
-    try:
-        return _openat2(path, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise _planted(path) from None
-        raise
 
 
 def digestPath(base: str, digest: str) -> str:
