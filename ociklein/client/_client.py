@@ -111,7 +111,10 @@ class RegistryClient:
     @param retries: how many times an idempotent request is tried again
         after a connection failure, a 429 or a 5xx, waiting C{backoff}
         seconds, then twice that, and so on (or as C{Retry-After} says).
-    @param clock: what token lifetimes are measured on (the reactor).
+    @param timeout: how long an answer may take to start, and how long a
+        streamed copy may go without a byte moving.
+    @param clock: what token lifetimes and stalled streams are measured on
+        (the reactor).
     """
 
     def __init__(

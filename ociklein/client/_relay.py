@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
@@ -231,6 +232,41 @@ class _Piece:
         return body
 
 
+class _Watchdog:
+    """
+    Gives a streamed request up when nothing moved for C{seconds}: no byte
+    read from the source nor written to the destination, nor (once its body
+    is sent) an answer.  A slow stream lives as long as it moves, where a
+    deadline for the whole request would cut a big blob from a slow source.
+    """
+
+    def __init__(self, clock: IReactorTime, seconds: float, stream: _Stream, request: Deferred[Any]) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.stream = stream
+        self.request = request
+        self.mark = self._progress()
+        self.call = clock.callLater(seconds, self._check)
+
+    def _progress(self) -> int:
+        return self.stream.received + self.stream.sent
+
+    def _check(self) -> None:
+        mark = self._progress()
+        if mark != self.mark:
+            self.mark = mark
+            self.call = self.clock.callLater(self.seconds, self._check)
+            return
+        self.stream.fail(
+            RegistryError("CONNECTION_FAILED", f"{self.stream.digest}: nothing moved for {self.seconds:g} s")
+        )
+        self.request.cancel()
+
+    def stop(self) -> None:
+        if self.call.active():
+            self.call.cancel()
+
+
 async def _send(
     destination: Transport,
     stream: _Stream,
@@ -247,16 +283,22 @@ async def _send(
     the one raised.
     """
     piece = _Piece(stream, length)
-    try:
-        response = await destination.request(
-            method, location, scopes=scopes, headers=headers, body=piece.once(), idempotent=False
+    request = Deferred.fromCoroutine(
+        destination.request(
+            method, location, scopes=scopes, headers=headers, body=piece.once(), idempotent=False, timed=False
         )
+    )
+    watchdog = _Watchdog(destination.clock or destination.reactor, destination.timeout, stream, request)
+    try:
+        response = await request
     except Exception as e:
         if stream.error is not None:
             raise stream.error from None
         if isinstance(e, RegistryError):
             raise
         raise RegistryError("CONNECTION_FAILED", f"{method} {location}: {_describe(e)}") from e
+    finally:
+        watchdog.stop()
     if response.code != status:
         raise await raiseFor(response)
     if stream.error is not None:

@@ -246,6 +246,7 @@ class Transport:
         body: Callable[[], Any] | None,
         redirects: bool = True,
         deadline: float | None = None,
+        timed: bool = True,
     ) -> IResponse:
         d = self._http.request(
             method,
@@ -255,7 +256,8 @@ class Transport:
             unbuffered=True,
             allow_redirects=redirects,
         )
-        d.addTimeout(deadline or self.timeout, self.reactor)
+        if timed:
+            d.addTimeout(deadline or self.timeout, self.reactor)
         try:
             return await d
         except NETWORK_ERRORS as e:
@@ -271,13 +273,16 @@ class Transport:
         body: Callable[[], Any] | None = None,
         idempotent: bool | None = None,
         redirects: bool = True,
+        timed: bool = True,
     ) -> IResponse:
         """
         Send a request and return its response, body unread, whatever its
         status except a 401 that credentials can answer.  C{body} makes a
         fresh body for each attempt; C{scopes} are the token scopes it
         needs.  Connection failures, 429 and 5xx are retried with backoff
-        when C{idempotent} (by default: GET, HEAD, PUT, DELETE).
+        when C{idempotent} (by default: GET, HEAD, PUT, DELETE).  Unless
+        C{timed} is false (for a caller that watches the request itself),
+        the answer must start within C{timeout} seconds.
         """
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
@@ -290,7 +295,7 @@ class Transport:
             if authorization:
                 sent["Authorization"] = authorization
             try:
-                response = await self._send(method, url, sent, body, redirects)
+                response = await self._send(method, url, sent, body, redirects, timed=timed)
             except RegistryError:
                 if not idempotent or attempt >= self.retries:
                     raise

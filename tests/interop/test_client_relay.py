@@ -20,6 +20,7 @@ from helpers import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
 from ocilayout import Image, canonical, makeImage, makeIndex, sha256, writeLayout
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -208,6 +209,66 @@ async def test_last_bytes_are_sent_only_after_the_digest_is_checked(serving: Any
         with pytest.raises(RegistryError) as raised:
             await Deferred.fromCoroutine(copying).addTimeout(30, reactor)
     assert raised.value.code == "DIGEST_MISMATCH"
+    assert destination.committed == []
+    assert destination.deleted == [b"/v2/x/blobs/uploads/1"]
+
+
+class StallingSource(Resource):
+    """
+    Serves any blob as the first C{sent} bytes of C{body}, then nothing more.
+    """
+
+    isLeaf = True
+
+    def __init__(self, body: bytes, sent: int) -> None:
+        super().__init__()
+        self.body = body
+        self.sent = sent
+
+    def render_GET(self, request: Any) -> Any:
+        if b"/blobs/" not in request.path:
+            return b"{}"
+        request.setHeader("Content-Length", str(len(self.body)))
+        request.write(self.body[: self.sent])
+        request.notifyFinish().addErrback(lambda _: None)
+        return NOT_DONE_YET
+
+
+class Forwarded(Progress):
+    """
+    Fires C{reached} once C{count} bytes of the blob have been passed on.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.reached: Deferred[None] = Deferred()
+
+    def advanced(self, digest: str, done: int) -> None:
+        if done >= self.count and not self.reached.called:
+            self.reached.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_that_stops_moving_is_given_up(serving: Any) -> None:
+    """A stream with no byte moving for the client's timeout fails, and the destination keeps nothing."""
+    blob = os.urandom(256 * 1024)
+    destination = RecordingDestination(Deferred())
+    clock = Clock()
+    forwarded = Forwarded(len(blob) // 2)
+    async with (
+        RegistryClient(await serving(StallingSource(blob, len(blob) // 2)), reactor=reactor) as sourceClient,
+        RegistryClient(await serving(destination), reactor=reactor, clock=clock, timeout=30) as client,
+    ):
+        copying = Deferred.fromCoroutine(
+            client.copyBlob("x", sha256(blob), len(blob), sourceClient, "x", forwarded)
+        )
+        await forwarded.reached.addTimeout(30, reactor)
+        # Bytes moved in the first period; none in the second.
+        clock.advance(30)
+        clock.advance(30)
+        with pytest.raises(RegistryError) as raised:
+            await copying.addTimeout(30, reactor)
+    assert raised.value.code == "CONNECTION_FAILED" and "nothing moved for 30 s" in raised.value.message
     assert destination.committed == []
     assert destination.deleted == [b"/v2/x/blobs/uploads/1"]
 
