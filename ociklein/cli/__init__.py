@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -69,5 +70,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.run(args))
 
 
+def run() -> None:
+    """
+    The C{ociklein} command: L{main}, then exit without the interpreter's
+    teardown.  Freeing the few hundred modules Twisted loaded takes 30-60 ms,
+    a fifth of the command's start; every file a verb writes is closed (and
+    fsynced where it matters) before L{main} returns, so only the standard
+    streams need flushing.
+    """
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        status = status or 1
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,5 +1,3 @@
-import sys
+from ociklein.cli import run
 
-from ociklein.cli import main
-
-sys.exit(main())
+run()
