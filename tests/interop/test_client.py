@@ -106,7 +106,7 @@ async def test_copy_skips_what_is_there_and_mounts_within_a_registry(target: Any
 
 @pytest_twisted.ensureDeferred
 async def test_copy_between_ociklein_and_distribution(target: Any, tmp_path: Path, distribution: Any) -> None:
-    """A copy from one registry to another keeps every digest, through verified downloads."""
+    """A copy from one registry to another keeps every digest, whole or in chunks, streamed and verified."""
     if target is distribution:
         pytest.skip("the same registry")
     index = makeIndex([("linux", "amd64"), ("linux", "arm64")])
@@ -117,6 +117,17 @@ async def test_copy_between_ociklein_and_distribution(target: Any, tmp_path: Pat
     assert result.counts() == {"pushed": len(index.images) * 3}
     back = await copy(there, f"{target.address}/client/cross-back:y", reactor=reactor)
     assert back.digest == index.digest and back.counts() == {"pushed": 6}
+    # Streamed in chunks (PATCH by PATCH), each way.
+    clients = Clients(reactor, chunkSize=1000)
+    try:
+        for source, destination in [
+            (f"{target.address}/client/cross:x", f"{distribution.address}/client/chunked-{target.port}:x"),
+            (there, f"{target.address}/client/chunked-back:y"),
+        ]:
+            chunked = await copy(source, destination, clients=clients)
+            assert chunked.digest == index.digest and chunked.counts() == {"pushed": 6}
+    finally:
+        await clients.close()
 
 
 @pytest_twisted.ensureDeferred
