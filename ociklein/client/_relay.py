@@ -159,8 +159,11 @@ class _Stream(Protocol):
         self.finished = finished
         if not self.delivering:
             self.delivering = True
-            # deliverBody resumes the source's connection: steer after it.
+            # deliverBody hands over what was read with the headers, then
+            # resumes the source's connection whatever was asked meanwhile:
+            # steer from there.
             self.response.deliverBody(self)
+            self.sourcePaused = False
         self._flush()
         return finished
 

@@ -292,14 +292,22 @@ class FakeSourceConnection:
 
 
 class FakeResponse:
+    """
+    An answer whose body starts with C{buffered}, read with the headers.
+    """
+
     length = 0
 
-    def __init__(self) -> None:
+    def __init__(self, buffered: bytes = b"") -> None:
         self.connection = FakeSourceConnection()
+        self.buffered = buffered
 
     def deliverBody(self, protocol: Any) -> None:
+        # As twisted.web's Response does.
         protocol.makeConnection(self.connection)
-        self.connection.resumeProducing()  # as twisted.web's Response does
+        if self.buffered:
+            protocol.dataReceived(self.buffered)
+        self.connection.resumeProducing()
 
 
 class Consumer:
@@ -333,6 +341,19 @@ def test_each_side_holds_the_other_back() -> None:
     assert consumer.written == [blob[60:80]] and not response.connection.paused
     stream.dataReceived(blob[80:])
     assert b"".join(consumer.written) == blob[60:] and done.called
+
+
+def test_bytes_read_with_the_headers_are_held_back_too() -> None:
+    """Body bytes read before the first chunk began are passed on as wanted, the source paused meanwhile."""
+    blob = b"0123456789" * 10
+    response = FakeResponse(buffered=blob[:30])
+    stream = _Stream(response, sha256(blob), len(blob), Progress())  # type: ignore[arg-type]
+    consumer = Consumer()
+    assert _Piece(stream, 10).startProducing(consumer).called
+    assert consumer.written == [blob[:10]] and response.connection.paused
+    consumer = Consumer()
+    _Piece(stream, 90).startProducing(consumer)
+    assert consumer.written == [blob[10:30]] and not response.connection.paused
 
 
 def test_a_wrong_blob_keeps_its_last_bytes() -> None:
