@@ -11,18 +11,26 @@ import subprocess
 import sys
 
 
+def modulesAfter(code: str) -> list[str]:
+    """
+    The modules a fresh interpreter has loaded once it ran C{code}.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return list(json.loads(result.stdout))
+
+
 def test_client_imports_none_of_the_server() -> None:
     """Importing ociklein.client and registering the client verbs loads no server module."""
-    code = (
-        "import json, sys\n"
+    modules = modulesAfter(
         "import argparse, ociklein.client, ociklein.cli._client\n"
-        "ociklein.cli._client.register(argparse.ArgumentParser().add_subparsers())\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
+        "ociklein.cli._client.register(argparse.ArgumentParser().add_subparsers())"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    modules = json.loads(result.stdout)
     server = [
         name
         for name in modules
@@ -34,17 +42,11 @@ def test_client_imports_none_of_the_server() -> None:
 
 def test_a_client_verb_imports_no_maintenance() -> None:
     """Parsing a client verb's command line registers only the client verbs: no maintenance, no core."""
-    code = (
-        "import json, sys\n"
+    modules = modulesAfter(
         "import ociklein.cli\n"
         "argv = ['copy', '--json', 'a/b:c', 'oci:d']\n"
-        "ociklein.cli._parser(argv).parse_args(argv)\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
+        "ociklein.cli._parser(argv).parse_args(argv)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    modules = json.loads(result.stdout)
     assert "ociklein.cli._client" in modules
     assert [n for n in modules if n.startswith(("ociklein.maintenance", "ociklein.cli._maintenance"))] == []
     assert "ociklein.core" not in modules

@@ -296,11 +296,18 @@ async def upload(
         match = _RANGE.search(_header(response, "Range") or "")
         location = await _location(response)
         offset = int(match.group(2)) + 1 if match else end
+    await finishUpload(transport, repository, location, digest)
+
+
+async def finishUpload(transport: Transport, repository: str, location: str, digest: str) -> None:
+    """
+    Commit an upload session holding every byte of blob C{digest}.
+    """
     response = await transport.request(
         "PUT",
         _withDigest(location, digest),
-        scopes=scopes,
-        headers=headers,
+        scopes=(f"repository:{repository}:pull,push",),
+        headers={"Content-Type": "application/octet-stream"},
         body=lambda: b"",
         idempotent=True,
     )

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from ociklein.client._blobs import _RANGE, _location, _withDigest, newHasher, startUpload
+from ociklein.client._blobs import _RANGE, _location, _withDigest, finishUpload, newHasher, startUpload
 from ociklein.client._errors import RegistryError
 from ociklein.client._progress import Progress
 from ociklein.client._transport import Transport, _describe, _Discard, _header, drain, raiseFor
@@ -370,17 +370,7 @@ async def relay(
                 offset = end
         finally:
             stream.close()
-        response = await destination.request(
-            "PUT",
-            _withDigest(location, digest),
-            scopes=scopes,
-            headers=headers,
-            body=lambda: b"",
-            idempotent=True,
-        )
-        if response.code != 201:
-            raise await raiseFor(response)
-        await drain(response)
+        await finishUpload(destination, repository, location, digest)
     except BaseException:
         await _abandon(destination, location, scopes)
         raise
