@@ -512,16 +512,16 @@ async def test_readAheadIsBounded(seaweedfs: SeaweedFS) -> None:
         upload = await ahead.blobs.startUpload("repo", resumable=False)
         await upload.write(data)
         await upload.commit(digestOf(data))
-        for node, buffered in ((ahead, 3 * MIB), (none, 0)):
+        for node, limit in ((ahead, 3 * MIB), (none, 0)):
             requests = _Requests(node.client)
             reader: Any = await node.blobs.open(digestOf(data))
             try:
                 assert await reader.read(0, MIB) == data[:MIB]
                 await _idle(reader)
-                assert len(reader._buffer) == buffered
+                assert (len(reader._buffer) > 0) == (limit > 0) and len(reader._buffer) <= limit
                 assert await reader.read(MIB, 2 * MIB) == data[MIB : 3 * MIB]
                 await _idle(reader)
-                assert len(reader._buffer) == buffered
+                assert (len(reader._buffer) > 0) == (limit > 0) and len(reader._buffer) <= limit
                 assert await reader.read(9 * MIB, 2 * MIB) == data[9 * MIB :]  # a jump
                 await _idle(reader)
             finally:

@@ -266,3 +266,26 @@ async def test_gcRacingPushesOnS3(
     assert outcome.rounds == ROUNDS
     assert during == [] and after == []
     assert outcome.removed.get("blob", 0) > 0, outcome.removed  # collected while pushes went on
+
+
+@pytest_twisted.ensureDeferred
+async def test_periodicCollectionSkipsItsTurn(node: tuple[S3Backends, StubClient, list[str]]) -> None:
+    """A node's periodic collection that finds the lease held logs one line and skips, no traceback."""
+    from twisted.logger import globalLogPublisher
+
+    from ociklein.maintenance._service import CollectionService
+
+    backends, stub, _ = node
+    await pushBlob(stub, "app", b"unreferenced")
+    events: list[dict[str, Any]] = []
+    held = await backends.blobs.acquireCollectorLease("another node")
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await CollectionService(backends.manifests, backends.blobs, interval=600, grace=0)._once()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await held.release()
+    assert [e for e in events if "log_failure" in e] == []
+    [skipped] = [e for e in events if "skipped" in e.get("log_format", "")]
+    assert "another collection (another node) holds the lease" in skipped["reason"]
+    assert (await stub.request("HEAD", f"/v2/app/blobs/{digestOf(b'unreferenced')}")).code == 200

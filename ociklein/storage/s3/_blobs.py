@@ -96,10 +96,11 @@ class _S3Reader:
     Range) opens another GET.
 
     While the client takes what was read, the reader reads on, in the S3
-    pool, up to C{readAhead} bytes past what was asked (in 1 MiB reads, one
-    at a time), so the store and the client's connection work at once.
-    Memory is bounded by C{readAhead} plus one read, per reader; a client
-    that stops taking data stops the reading once that much is buffered.
+    pool, up to C{readAhead} bytes past what was asked (one read at a time,
+    each refilling the read-ahead once half of it is taken), so the store
+    and the client's connection work at once.  Memory is bounded by
+    C{readAhead} plus what a client asked for, per reader; a client that
+    stops taking data stops the reading once that much is buffered.
     """
 
     def __init__(self, client: S3Client, key: str, size: int, readAhead: int = DEFAULT_READ_AHEAD) -> None:
@@ -165,17 +166,24 @@ class _S3Reader:
 
     def _fill(self, need: int = 0) -> None:
         """
-        Start the next read if none is running and fewer than C{need}
-        bytes, or than the read-ahead allows, are buffered.
+        Start the next read if none is running: of what a waiting client
+        needs, else, once no more than half the read-ahead is left, of
+        what fills it again (so one trip to the pool brings several MiB).
         """
         end = self._bufferAt + len(self._buffer)
-        if self._closed or self._fetching is not None or self._failure is not None:
+        if self._closed or self._fetching is not None or self._failure is not None or end >= self.size:
             return
-        if end >= self.size or len(self._buffer) >= max(self._readAhead, need):
+        buffered = len(self._buffer)
+        if buffered < need:
+            want = need - buffered
+        elif buffered <= self._readAhead // 2 and buffered < self._readAhead:
+            want = self._readAhead - buffered
+        else:
             return
 
-        def got(data: bytes) -> None:
-            self._buffer.append(data)
+        def got(chunks: list[bytes]) -> None:
+            for chunk in chunks:
+                self._buffer.append(chunk)
 
         def failed(failure: Failure) -> None:
             self._failure = failure
@@ -190,12 +198,13 @@ class _S3Reader:
             if waiting is not None:
                 waiting.callback(None)
 
-        fetching = self._client.run(self._fetch, end, min(_CHUNK, self.size - end))
+        fetching = self._client.run(self._fetch, end, min(want, self.size - end))
         self._fetching = fetching.addCallbacks(got, failed).addBoth(finished)
 
-    def _fetch(self, offset: int, want: int) -> bytes:
+    def _fetch(self, offset: int, want: int) -> list[bytes]:
         """
-        Read C{want} bytes from C{offset} (blocking, in the pool).
+        Read C{want} bytes from C{offset} (blocking, in the pool), in
+        chunks of 1 MiB.
         """
         if self._body is None or self._bodyAt != offset:
             self._drop()
@@ -206,13 +215,13 @@ class _S3Reader:
             self._bodyAt = offset
         chunks = []
         while want > 0:
-            chunk = self._body.read(want)
+            chunk = self._body.read(min(want, _CHUNK))
             if not chunk:
                 break
             chunks.append(chunk)
             want -= len(chunk)
             self._bodyAt += len(chunk)
-        return b"".join(chunks)
+        return chunks
 
     def _drop(self) -> None:
         body, self._body = self._body, None
