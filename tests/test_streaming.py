@@ -11,15 +11,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 from conftest import serve
-from twisted.internet import reactor, tcp
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool
 from zope.interface import implementer
 
 from ociklein import Registry
-from ociklein._body import _HIGH_WATER, CHUNK_SIZE, BodyPipe, FileBody, readAtMost
+from ociklein._body import _HIGH_WATER, BodyPipe, FileBody, readAtMost
 from ociklein.errors import OCIError
 from ociklein.http._download import READ_SIZE, BlobSender
 from ociklein.interfaces import IBlobReader
@@ -274,36 +273,6 @@ def test_pipe_keeps_chunks_for_a_synchronous_store() -> None:
     for size in (10, 20, 30):
         pipe.dataReceived(b"z" * size)
     assert sizes == [10, 20, 30]
-
-
-@pytest_twisted.ensureDeferred
-async def test_large_bodies_are_read_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A large upload is read from its socket a chunk at a time; the next request in 64 KiB reads."""
-    reads: list[int] = []
-    real = tcp.Connection.doRead
-
-    def doRead(self: tcp.Connection) -> Any:
-        if isinstance(self, tcp.Server):
-            reads.append(self.bufferSize)
-        return real(self)
-
-    monkeypatch.setattr(tcp.Connection, "doRead", doRead)
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    try:
-        async for live in serve(Registry(MemoryManifestBackend(), MemoryBlobStore())):
-            data = b"x" * (4 * CHUNK_SIZE)
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            response = await live.request(
-                "POST", f"/v2/repo/blobs/uploads/?digest={digest}", data=data, persistent=True, pool=pool
-            )
-            assert response.code == 201
-            assert max(reads) == CHUNK_SIZE
-            reads.clear()
-            response = await live.request("GET", f"/v2/repo/blobs/{digest}", persistent=True, pool=pool)
-            assert response.code == 200 and len(response.body) == len(data)
-            assert set(reads) == {tcp.Connection.bufferSize}
-    finally:
-        await pool.closeCachedConnections()
 
 
 @pytest_twisted.ensureDeferred

@@ -17,7 +17,6 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet import reactor as _globalReactor
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.python.failure import Failure
@@ -27,16 +26,11 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from ociklein import _metrics, errors
-from ociklein._body import CHUNK_SIZE, Body, BodyPipe, FileBody
+from ociklein._body import Body, BodyPipe, FileBody
 from ociklein.errors import OCIError
 from ociklein.http._limits import ConnectionGuard, Deadline, Limits
-from ociklein.http._tcp import tcpConnection
 
 _BODY_METHODS = frozenset({b"PUT", b"PATCH", b"POST"})
-# A body longer than this is read from the socket a chunk at a time (up to
-# CHUNK_SIZE), not in twisted's 64 KiB reads: a sixteenth of the reactor's
-# work per byte of an upload.
-_LARGE_BODY = 2 * 65536
 # An incoming X-Request-Id is kept when it is this tame; else a new one is made.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
@@ -83,8 +77,6 @@ class StreamingRequest(server.Request):
         if command.upper() in _BODY_METHODS and length != 0:
             transport: Any = self.channel.transport  # type: ignore[union-attr]
             self._pipe = BodyPipe(transport, self._clock())
-            if length is None or length > _LARGE_BODY:
-                _setReadSize(transport, CHUNK_SIZE)
             self.content = BytesIO()  # type: ignore[assignment]
             # On the next turn, after twisted.web has sent any 100 Continue.
             self._clock().callLater(
@@ -118,7 +110,6 @@ class StreamingRequest(server.Request):
             super().requestReceived(command, path, version)
             return
         self._pipe.finish()
-        _setReadSize(self.channel.transport, tcp.Connection.bufferSize)  # type: ignore[union-attr]
         if not self._started:
             self._routeEarly(command, path, version)
 
@@ -158,16 +149,6 @@ class StreamingRequest(server.Request):
         self.setHeader(b"Content-Length", b"%d" % len(body))
         self.write(body)
         self.finish()
-
-
-def _setReadSize(transport: object, size: int) -> None:
-    """
-    Make the TCP connection under C{transport} read up to C{size} bytes at
-    a time.
-    """
-    connection = tcpConnection(transport)
-    if connection is not None:
-        connection.bufferSize = size
 
 
 def requestBody(request: Any) -> Body:
