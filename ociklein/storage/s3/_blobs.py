@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,9 +30,9 @@ from ociklein.interfaces import (
     StoredItem,
 )
 from ociklein.storage._checks import checkRepository
-from ociklein.storage.s3._client import S3Client
+from ociklein.storage.s3._client import S3Client, allOf
 from ociklein.storage.s3._keys import UPLOAD_ID
-from ociklein.storage.s3._lease import LEASE_SECONDS, HeldLease, LeaseObject, underLease
+from ociklein.storage.s3._lease import LEASE_SECONDS, HeldLease, LeaseObject
 from ociklein.storage.s3._uploads import S3Upload, SessionInfo
 from ociklein.storage.s3._uses import Uses, digestFromKey, touchAll
 
@@ -311,9 +310,7 @@ class S3BlobStore:
             client.run(client.put, keys.holder(digest, repository), b""),
             client.run(self._uses.recordUse, keys.blob(digest)),
         ]
-        return gatherResults(writes, consumeErrors=True).addCallbacks(
-            lambda _: None, lambda f: f.value.subFailure
-        )
+        return allOf(writes).addCallback(lambda _: None)
 
     def unlink(self, repository: str, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._unlink(repository, digest))
@@ -336,9 +333,7 @@ class S3BlobStore:
         key = self._keys.link(repository, digest)
         linked: Deferred[Any] = self._client.run(self._client.head, key)
         sized: Deferred[Any] = self.stat(digest)
-        return gatherResults([linked, sized], consumeErrors=True).addCallbacks(
-            lambda both: both[0] is not None and both[1] is not None, lambda f: f.value.subFailure
-        )
+        return allOf([linked, sized]).addCallback(lambda both: both[0] is not None and both[1] is not None)
 
     # -- upload sessions ----------------------------------------------------
 
@@ -445,17 +440,11 @@ class S3BlobStore:
 
     def deleteLink(self, repository: str, digest: str, before: float) -> Deferred[bool]:
         key, holder = self._keys.link(repository, digest), self._keys.holder(digest, repository)
-        return self._fencedDelete(key, before, lambda head: [holder])
+        return self._lease.fencedDelete(key, before, lambda head: [holder])
 
     def deleteBlob(self, digest: str, before: float) -> Deferred[bool]:
         key = self._keys.blob(digest)
-        return self._fencedDelete(key, before, lambda head: [])
-
-    def _fencedDelete(
-        self, key: str, before: float, related: Callable[[dict[str, Any]], list[str]]
-    ) -> Deferred[bool]:
-        work = partial(self._uses.fencedDelete, key, before, related)
-        return self._client.run(underLease, self._client, self._lease, work)
+        return self._lease.fencedDelete(key, before, lambda head: [])
 
     def quarantineBlob(self, digest: str) -> Deferred[bool]:
         key = self._keys.blob(digest)

@@ -10,10 +10,10 @@ the number of concurrent S3 requests and of HTTP connections.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -30,6 +30,15 @@ _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExce
 _MISSING = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
 _sessions: dict[str | None, Any] = {}
 _clients: dict[tuple[Any, ...], Any] = {}
+
+
+def allOf(calls: Sequence[Deferred[Any]]) -> Deferred[list[Any]]:
+    """
+    Wait for requests started together: their results in order, or the
+    first failure itself (not wrapped in L{FirstError}), so that callers
+    see the storage errors they would see from one request.
+    """
+    return gatherResults(list(calls), consumeErrors=True).addErrback(lambda failure: failure.value.subFailure)
 
 
 def _withoutExpectContinue(client: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
@@ -117,6 +118,16 @@ class LeaseObject:
         except Exception as e:
             if not _conflict(e) and errorCode(e)[0] != 404:
                 raise
+
+    def fencedDelete(
+        self, key: str, before: float, related: Callable[[dict[str, Any]], list[str]]
+    ) -> Deferred[bool]:
+        """
+        L{Uses.fencedDelete} of C{key} in the S3 pool, L{underLease}: the
+        one way the backends delete what a collection decided on.
+        """
+        work = partial(self._uses.fencedDelete, key, before, related)
+        return self._client.run(underLease, self._client, self, work)
 
 
 def underLease(client: S3Client, lease: LeaseObject, work: Callable[[], bool]) -> bool:

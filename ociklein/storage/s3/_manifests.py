@@ -14,10 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from ociklein.interfaces import (
@@ -29,8 +28,8 @@ from ociklein.interfaces import (
 from ociklein.names import isSupportedDigest, isTag
 from ociklein.storage._checks import checkDigest, checkRepository
 from ociklein.storage.s3._cache import ManifestCache
-from ociklein.storage.s3._client import S3Client
-from ociklein.storage.s3._lease import LEASE_SECONDS, LeaseObject, underLease
+from ociklein.storage.s3._client import S3Client, allOf
+from ociklein.storage.s3._lease import LEASE_SECONDS, LeaseObject
 from ociklein.storage.s3._uses import Uses, digestFromKey, touchAll
 
 _REGISTERED = 10000
@@ -71,9 +70,6 @@ class S3ManifestBackend:
         self._cache = ManifestCache()
         self._registered: set[str] = set()
         self._lease = LeaseObject(client, LEASE_SECONDS)
-
-    def _both(self, *calls: Deferred[Any]) -> Deferred[Any]:
-        return gatherResults(list(calls), consumeErrors=True).addErrback(lambda f: f.value.subFailure)
 
     def getManifest(self, repository: str, digest: str) -> Deferred[tuple[str, bytes] | None]:
         key = self._keys.manifest(repository, digest)
@@ -132,9 +128,11 @@ class S3ManifestBackend:
         metadata = {} if subject is None else {_SUBJECT: checkDigest(subject)}
         # The catalog entry and the manifest at once; the referrers entry
         # only after the manifest, so the index never names a missing one.
-        await self._both(
-            self._register(repository),
-            self._client.run(self._client.put, key, content, ContentType=mediaType, Metadata=metadata),
+        await allOf(
+            [
+                self._register(repository),
+                self._client.run(self._client.put, key, content, ContentType=mediaType, Metadata=metadata),
+            ]
         )
         if subject is not None:
             encoded = json.dumps(descriptor).encode()
@@ -213,7 +211,9 @@ class S3ManifestBackend:
         # leave the last one's digest, never a mix.
         key = self._keys.tag(repository, tag)
         body = _tagBody(checkDigest(digest))
-        return self._both(self._register(repository), self._client.run(self._client.put, key, body))
+        return allOf([self._register(repository), self._client.run(self._client.put, key, body)]).addCallback(
+            lambda _: None
+        )
 
     def deleteTag(self, repository: str, tag: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._deleteTag(repository, tag))
@@ -285,8 +285,7 @@ class S3ManifestBackend:
         self._cache.drop(repository, digest)
         key = self._keys.manifest(repository, digest)
         related = self._referrerOf(repository, digest)
-        work = partial(self._uses.fencedDelete, key, before, related)
-        return self._client.run(underLease, self._client, self._lease, work)
+        return self._lease.fencedDelete(key, before, related)
 
     def quarantineManifest(self, repository: str, digest: str) -> Deferred[bool]:
         self._cache.drop(repository, digest)

@@ -34,11 +34,9 @@ from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from twisted.internet.defer import gatherResults
-
 from ociklein.interfaces import StoredItem
 from ociklein.names import isSupportedDigest
-from ociklein.storage.s3._client import S3Client
+from ociklein.storage.s3._client import S3Client, allOf
 
 
 def _seconds(modified: Any) -> float:
@@ -188,10 +186,7 @@ async def touchAll(client: S3Client, uses: Uses, keys: list[str]) -> list[bool]:
 
 
 async def _each(client: S3Client, calls: list[tuple[Callable[[str], Any], str]]) -> list[Any]:
-    results: list[Any] = await gatherResults(
-        [client.run(f, key) for f, key in calls], consumeErrors=True
-    ).addErrback(lambda failure: failure.value.subFailure)
-    return results
+    return await allOf([client.run(f, key) for f, key in calls])
 
 
 def digestFromKey(rest: str) -> str | None:
