@@ -8,7 +8,7 @@ at every start.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.python import usage
@@ -95,3 +95,26 @@ def s3Config(options: Mapping[str, Any]) -> Any:
         credentialsFile=options["s3-credentials"] or None,
         caFile=options["s3-ca-file"] or None,
     )
+
+
+def openS3(settings: Mapping[str, Any], reactor: Any = None) -> tuple[Any, Any, Callable[[], None]]:
+    """
+    The s3 manifest backend and blob store the checked settings (the s3
+    options and C{upload-ttl}) describe, sharing one client, and what
+    closes them: for the registry and the maintenance verbs alike.
+    """
+    from ociklein.storage.s3 import S3BlobStore, S3Client, S3ManifestBackend
+
+    client = S3Client(s3Config(settings), reactor=reactor)
+    blobs = S3BlobStore(
+        client,
+        uploadTTL=settings["upload-ttl"],
+        partSize=settings["s3-part-size"] * 1024 * 1024,
+        readAhead=settings["s3-read-ahead"] * 1024 * 1024,
+    )
+
+    def close() -> None:
+        blobs.close()
+        client.close()
+
+    return S3ManifestBackend(client), blobs, close

@@ -26,7 +26,7 @@ from ociklein._listening import (
     parseEndpoint,
     shareableFamily,
 )
-from ociklein._s3options import S3_DEFAULTS, S3_KEYS, S3_OPTIONS, checkS3, s3Config, s3Numbers
+from ociklein._s3options import S3_DEFAULTS, S3_KEYS, S3_OPTIONS, checkS3, openS3, s3Numbers
 from ociklein._workers import FIRST_INHERITED, WorkersService, dieWithParent
 from ociklein.auth import AccessControl
 from ociklein.core import DEFAULT_MAX_MANIFEST_BYTES
@@ -546,31 +546,18 @@ def _makeS3Registry(
 ) -> tuple[Registry, Any]:
     from twisted.application.internet import TimerService
 
-    from ociklein.storage.s3 import S3BlobStore, S3Client, S3ManifestBackend
-
-    client = S3Client(s3Config(settings), reactor=reactor)
-    blobs = S3BlobStore(
-        client,
-        uploadTTL=settings["upload-ttl"],
-        partSize=settings["s3-part-size"] * 1024 * 1024,
-        readAhead=settings["s3-read-ahead"] * 1024 * 1024,
-    )
+    manifests, blobs, onStop = openS3(settings, reactor)
     # Every node sweeps expired sessions: sweeping is idempotent.
     sweeper = TimerService(blobs.expiryInterval, blobs.sweep)
     sweeper.clock = reactor
     sweeper.setServiceParent(top)
-
-    def onStop() -> None:
-        blobs.close()
-        client.close()
-
     log.info(
         "ociklein backend: s3, bucket: {bucket}, prefix: {prefix!r}, endpoint: {endpoint}",
         bucket=settings["s3-bucket"],
         prefix=settings["s3-prefix"],
         endpoint=settings["s3-endpoint"] or "AWS",
     )
-    return Registry(S3ManifestBackend(client), blobs, **_registryOptions(settings, reactor)), onStop
+    return Registry(manifests, blobs, **_registryOptions(settings, reactor)), onStop
 
 
 def _registryOptions(settings: Mapping[str, Any], reactor: Any) -> dict[str, Any]:

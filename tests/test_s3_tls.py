@@ -22,8 +22,9 @@ from twistdprocess import freePort
 from twisted.python.usage import UsageError
 
 from ociklein import Registry
+from ociklein._s3options import s3Config
 from ociklein.storage.s3 import S3BlobStore, S3Client, S3ManifestBackend
-from ociklein.tap import Options, s3Config
+from ociklein.tap import Options
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:

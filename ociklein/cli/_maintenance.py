@@ -177,19 +177,9 @@ def _open(settings: dict[str, Any]) -> tuple[Any, Any, Callable[[], None]]:
     The manifest backend and blob store, and what closes them.
     """
     if settings["backend"] == "s3":
-        from ociklein._s3options import s3Config
-        from ociklein.storage.s3 import S3BlobStore, S3Client, S3ManifestBackend
+        from ociklein._s3options import openS3
 
-        client = S3Client(s3Config(settings))
-        store = S3BlobStore(
-            client, uploadTTL=settings["upload-ttl"], partSize=settings["s3-part-size"] * 1024 * 1024
-        )
-
-        def closeBoth() -> None:
-            store.close()
-            client.close()
-
-        return S3ManifestBackend(client), store, closeBoth
+        return openS3(settings)
     from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend
 
     checkRoot(settings["root"])
