@@ -348,6 +348,15 @@ class Processes:
             except Exception as e:  # keep going: every other one must die too
                 print(f"could not stop pid {process.pid}: {e}", file=sys.stderr)
 
+    def shutdown(self) -> None:
+        """
+        The last cleanup of a run: a second Ctrl-C (or a SIGTERM) must not
+        cut it short, so both are ignored from here on.
+        """
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.stopAll()
+
 
 PROCESSES = Processes()
 
@@ -1323,10 +1332,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        # A second Ctrl-C must not cut the cleanup short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        PROCESSES.stopAll()
+        PROCESSES.shutdown()
         store.stop()
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
