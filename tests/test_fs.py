@@ -668,6 +668,93 @@ async def test_readerOutlivesDeletedBlob(root: Path, store: FilesystemBlobStore)
     assert await reader.read(0, 10) == b""
 
 
+@pytest_twisted.ensureDeferred
+async def test_largeReadsInThreads(store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece of a download bigger than 64 KiB is read in a pool thread; a small one at once."""
+    data = os.urandom(3 * 1024 * 1024)
+    digest = await push(store, data)
+    threadsOfReads: dict[int, bool] = {}
+    real = os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        threadsOfReads[n] = threading.current_thread() is threading.main_thread()
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    reader = await store.open(digest)
+    assert reader is not None
+    assert await reader.read(0, 1000) == data[:1000]
+    assert await reader.read(1000, 1024 * 1024) == data[1000 : 1000 + 1024 * 1024]
+    reader.close()
+    assert threadsOfReads == {1000: True, 1024 * 1024: False}
+
+
+@pytest_twisted.ensureDeferred
+async def test_readsOnePieceAhead(store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading on from where the last read stopped finds the next piece read already, and no more."""
+    piece = 1024 * 1024
+    data = os.urandom(4 * piece + 100_000)
+    digest = await push(store, data)
+    offsets: list[int] = []
+    real = os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        offsets.append(offset)
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    reader = await store.open(digest)
+    assert reader is not None
+    got = [await reader.read(0, piece)]
+    await threads.deferToThread(lambda: None)  # the read ahead is done by now (FIFO pool)
+    assert sorted(offsets) == [0, piece]
+    offset = piece
+    while offset < len(data):
+        got.append(await reader.read(offset, piece))
+        offset += len(got[-1])
+        assert max(offsets) <= offset + piece
+    assert b"".join(got) == data
+    assert sorted(offsets) == [0, piece, 2 * piece, 3 * piece, 4 * piece]
+    # A jump elsewhere reads what was asked, not the stale piece ahead.
+    assert await reader.read(10, piece) == data[10 : 10 + piece]
+    reader.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_closeWaitsForRunningReads(store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing a reader while a read runs closes its descriptor only after that read."""
+    data = os.urandom(2 * 1024 * 1024)
+    digest = await push(store, data)
+    started = threading.Event()
+    release = threading.Event()
+    real = os.pread
+    fds: list[int] = []
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        fds.append(fd)
+        started.set()
+        assert release.wait(30)
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    reader = await store.open(digest)
+    assert reader is not None
+    reading = reader.read(0, 1024 * 1024)
+    assert await threads.deferToThread(started.wait, 30)
+    reader.close()
+    os.fstat(fds[0])  # still open: a reused number would be read otherwise
+    release.set()
+    assert await reading == data[: 1024 * 1024]
+    for _ in range(100):
+        try:
+            os.fstat(fds[0])
+        except OSError:
+            break
+        await threads.deferToThread(lambda: None)
+    with pytest.raises(OSError):
+        os.fstat(fds[0])
+
+
 # Preparing the root
 
 

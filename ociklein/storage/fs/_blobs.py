@@ -69,6 +69,8 @@ _log = Logger()
 
 _ALGORITHMS = ("sha256", "sha512")
 _HASH_CHUNK = 1024 * 1024
+# Reads of a blob up to this size happen on the caller's thread.
+_INLINE_READ = 64 * 1024
 # While serving, an upload staged in tmp/ is left alone this many seconds
 # after its creation even if unlocked: it may be about to be locked.
 _SETTLE = 60.0
@@ -79,35 +81,88 @@ class _FileReader:
     """
     An open blob file.  Holding the descriptor keeps the data readable even
     if the blob is deleted meanwhile.
+
+    Small reads happen at once.  Larger ones run in the reactor's thread
+    pool, so that a blob not in the page cache never stalls the reactor on
+    the disk; and a reader that reads on from where it stopped (a download)
+    has its next piece read meanwhile, so that the disk and the client's
+    connection work at once: one piece ahead, never more.  The descriptor
+    is closed only once no read of it is running, so that a number reused
+    by another open file is never read.
     """
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, reactor: IReactorThreads) -> None:
         self._fd: int | None = fd
         self.size = size
+        self._reactor = reactor
+        self._running = 0
+        self._closing = False
+        self._ahead: tuple[int, int, Deferred[bytes]] | None = None
 
     def read(self, offset: int, length: int) -> Deferred[bytes]:
         if offset < 0:
             return fail(ValueError(f"negative offset {offset}"))
         want = min(length, self.size - offset)
-        if self._fd is None or want <= 0:
+        fd = self._fd
+        if fd is None or self._closing or want <= 0:
             return succeed(b"")
-        chunks = []
-        try:
-            while want > 0:
-                chunk = os.pread(self._fd, want, offset)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                offset += len(chunk)
-                want -= len(chunk)
-        except OSError as e:
-            return fail(e)
-        return succeed(b"".join(chunks))
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[:2] == (offset, want):
+            reading = ahead[2]
+        else:
+            if ahead is not None:
+                ahead[2].addErrback(lambda _: None)
+            if want <= _INLINE_READ:
+                try:
+                    return succeed(_pread(fd, want, offset))
+                except OSError as e:
+                    return fail(e)
+            reading = self._readInThread(fd, offset, want)
+        following = offset + want
+        wantNext = min(want, self.size - following)
+        if wantNext > _INLINE_READ:
+            self._ahead = (following, wantNext, self._readInThread(fd, following, wantNext))
+        return reading
+
+    def _readInThread(self, fd: int, offset: int, want: int) -> Deferred[bytes]:
+        self._running += 1
+        reading = inThread(self._reactor, _pread, fd, want, offset)
+
+        def finished(result: object) -> object:
+            self._running -= 1
+            if self._closing and self._running == 0:
+                self._closeNow()
+            return result
+
+        return reading.addBoth(finished)
 
     def close(self) -> None:
+        self._closing = True
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[2].addErrback(lambda _: None)
+        if self._running == 0:
+            self._closeNow()
+
+    def _closeNow(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _pread(fd: int, want: int, offset: int) -> bytes:
+    """
+    C{want} bytes from C{offset}, or fewer at the end of the file.
+    """
+    chunks = []
+    while want > 0:
+        chunk = os.pread(fd, want, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        want -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 @implementer(IUpload)
@@ -637,7 +692,7 @@ class FilesystemBlobStore:
 
     def _open(self, digest: str) -> IBlobReader | None:
         opened = _openWithSize(self._blobPath(digest), os.O_RDONLY)
-        return None if opened is None else _FileReader(*opened)
+        return None if opened is None else _FileReader(*opened, self._reactor)
 
     def link(self, repository: str, digest: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._link(repository, digest))
