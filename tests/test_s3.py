@@ -503,6 +503,35 @@ async def _idle(reader: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_downloadStreamsInTrips(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download keeps one GET open across its trips to the pool, each bringing at most _TRIP bytes."""
+    from ociklein.storage.s3 import _blobs
+
+    monkeypatch.setattr(_blobs, "_TRIP", 2 * MIB)
+    node = S3Backends(seaweedfs, readAhead=64 * MIB)
+    try:
+        data = os.urandom(10 * MIB + 5)
+        upload = await node.blobs.startUpload("repo", resumable=False)
+        await upload.write(data)
+        await upload.commit(digestOf(data))
+        requests = _Requests(node.client)
+        reader: Any = await node.blobs.open(digestOf(data))
+        trips: list[int] = []
+        stream = reader._stream
+        reader._stream = lambda offset: (trips.append(offset), stream(offset))[1]
+        try:
+            got = [await reader.read(offset, MIB) for offset in range(0, len(data), MIB)]
+        finally:
+            reader.close()
+            requests.close()
+        assert b"".join(got) == data
+        assert trips == [0, 2 * MIB, 4 * MIB, 6 * MIB, 8 * MIB, 10 * MIB], trips
+        assert requests.calls.count("GetObject") == 1, requests.calls
+    finally:
+        node.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_readAheadIsBounded(seaweedfs: SeaweedFS) -> None:
     """A download reads ahead of its client up to --s3-read-ahead, no further; 0 reads only what is asked."""
     ahead = S3Backends(seaweedfs, readAhead=3 * MIB)

@@ -46,6 +46,7 @@ _SESSIONS = 16
 
 _CHUNK = 1024 * 1024
 DEFAULT_READ_AHEAD = 4 * _CHUNK
+_TRIP = 32 * _CHUNK
 
 
 class _Chunks:
@@ -94,12 +95,15 @@ class _S3Reader:
     download reads on from where it stopped, and only a jump (a second
     Range) opens another GET.
 
-    While the client takes what was read, the reader reads on, in the S3
-    pool, up to C{readAhead} bytes past what was asked (one read at a time,
-    each refilling the read-ahead once half of it is taken), so the store
-    and the client's connection work at once.  Memory is bounded by
-    C{readAhead} plus what a client asked for, per reader; a client that
-    stops taking data stops the reading once that much is buffered.
+    A thread of the S3 pool streams the GET's body, handing each 1 MiB
+    chunk to the reactor as it arrives, for as long as what the client has
+    not yet taken stays under C{readAhead} (or under what a waiting read
+    asks, if more): a client faster than the store never waits for a trip
+    to the pool to end, and one slower stops the streaming, releasing the
+    thread, until half the read-ahead is taken.  Memory is bounded by
+    C{readAhead} plus a chunk plus what a client asked for, per reader.
+    A trip brings at most L{_TRIP} bytes, so that a fast download takes
+    its turn in the pool with the other work queued there.
     """
 
     def __init__(self, client: S3Client, key: str, size: int, readAhead: int = DEFAULT_READ_AHEAD) -> None:
@@ -107,10 +111,15 @@ class _S3Reader:
         self._key = key
         self.size = size
         self._readAhead = readAhead
+        # The pool thread's: the GET's body, and the offset of its next byte.
         self._body: Any = None
-        self._bodyAt = 0  # offset of the next byte the GET's body gives
-        self._buffer = _Chunks()  # read ahead, from self._bufferAt on
+        self._bodyAt = 0
+        # The reactor's: bytes arrived, from self._bufferAt on; the thread
+        # reads self._bufferAt and self._window to know when to stop.
+        self._buffer = _Chunks()
         self._bufferAt = 0
+        self._window = readAhead
+        self._stop = False
         self._fetching: Deferred[None] | None = None
         self._failure: Failure | None = None
         self._waiting: Deferred[None] | None = None
@@ -125,6 +134,12 @@ class _S3Reader:
             return succeed(b"")
         if self._reading:
             return fail(RuntimeError("a read is already running"))
+        if offset == self._bufferAt and len(self._buffer) >= want:
+            # What a download mostly sees: the data is there already.
+            data = self._buffer.take(want)
+            self._bufferAt += len(data)
+            self._fill()
+            return succeed(data)
         self._reading = True
 
         def done(result: object) -> object:
@@ -135,10 +150,12 @@ class _S3Reader:
 
     async def _read(self, offset: int, want: int) -> bytes:
         if offset != self._bufferAt:
-            # A jump: what was read ahead is of no use.  A running read
-            # cannot be interrupted; let it end, then start over there.
+            # A jump: what was read ahead is of no use.  Stop the streaming
+            # at its next chunk, then start over there.
+            self._stop = True
             while self._fetching is not None:
-                await self._fetched()
+                await self._progress()
+            self._stop = False
             self._buffer.clear()
             self._bufferAt = offset
             self._failure = None
@@ -147,15 +164,17 @@ class _S3Reader:
                 failure, self._failure = self._failure, None
                 failure.raiseException()
             self._fill(want)
-            await self._fetched()
+            await self._progress()
+        self._window = self._readAhead
         data = self._buffer.take(want)
         self._bufferAt += len(data)
         self._fill()
         return data
 
-    def _fetched(self) -> Deferred[None]:
+    def _progress(self) -> Deferred[None]:
         """
-        Fires when the read under way ends (at once if none is).
+        Fires when a chunk arrives or the streaming stops (at once if it
+        is not running).
         """
         if self._fetching is None:
             return succeed(None)
@@ -163,47 +182,51 @@ class _S3Reader:
             self._waiting = Deferred()
         return self._waiting
 
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def _arrived(self, chunk: bytes) -> None:
+        """
+        A chunk streamed (called in the reactor thread).
+        """
+        if not self._closed and not self._stop:
+            self._buffer.append(chunk)
+        self._wake()
+
     def _fill(self, need: int = 0) -> None:
         """
-        Start the next read if none is running: of what a waiting client
-        needs, else, once no more than half the read-ahead is left, of
-        what fills it again (so one trip to the pool brings several MiB).
+        Start streaming if it is not running: for what a waiting client
+        needs, else once no more than half the read-ahead is left.
         """
         end = self._bufferAt + len(self._buffer)
         if self._closed or self._fetching is not None or self._failure is not None or end >= self.size:
             return
         buffered = len(self._buffer)
         if buffered < need:
-            want = need - buffered
-        elif buffered <= self._readAhead // 2 and buffered < self._readAhead:
-            want = self._readAhead - buffered
-        else:
+            self._window = max(self._readAhead, need)
+        elif not buffered <= self._readAhead // 2 or buffered >= self._readAhead:
             return
-
-        def got(chunks: list[bytes]) -> None:
-            for chunk in chunks:
-                self._buffer.append(chunk)
 
         def failed(failure: Failure) -> None:
             self._failure = failure
 
         def finished(_: object) -> None:
             self._fetching = None
-            waiting, self._waiting = self._waiting, None
             if self._closed:
                 self._drop()
-            elif self._failure is None:
+            elif self._failure is None and not self._stop:
                 self._fill()
-            if waiting is not None:
-                waiting.callback(None)
+            self._wake()
 
-        fetching = self._client.run(self._fetch, end, min(want, self.size - end))
-        self._fetching = fetching.addCallbacks(got, failed).addBoth(finished)
+        fetching = self._client.run(self._stream, end)
+        self._fetching = fetching.addErrback(failed).addBoth(finished)
 
-    def _fetch(self, offset: int, want: int) -> list[bytes]:
+    def _stream(self, offset: int) -> None:
         """
-        Read C{want} bytes from C{offset} (blocking, in the pool), in
-        chunks of 1 MiB.
+        Stream from C{offset} (blocking, in the pool) while the client's
+        backlog is under the window, at most L{_TRIP} bytes this trip.
         """
         if self._body is None or self._bodyAt != offset:
             self._drop()
@@ -212,15 +235,22 @@ class _S3Reader:
             )
             self._body = response["Body"]
             self._bodyAt = offset
-        chunks = []
-        while want > 0:
-            chunk = self._body.read(min(want, _CHUNK))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            want -= len(chunk)
-            self._bodyAt += len(chunk)
-        return chunks
+        reactor, tripEnd = self._client.reactor, offset + _TRIP
+        try:
+            while (
+                not self._stop
+                and not self._closed
+                and self._bodyAt < min(self.size, tripEnd)
+                and self._bodyAt - self._bufferAt < self._window
+            ):
+                chunk = self._body.read(min(_CHUNK, self.size - self._bodyAt))
+                if not chunk:
+                    break
+                self._bodyAt += len(chunk)
+                reactor.callFromThread(self._arrived, chunk)
+        except BaseException:
+            self._drop()  # a broken stream: the next trip opens another GET
+            raise
 
     def _drop(self) -> None:
         body, self._body = self._body, None
