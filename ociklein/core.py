@@ -21,6 +21,7 @@ from ociklein.interfaces import (
     IBlobMaintenance,
     IBlobReader,
     IBlobStore,
+    IDigestFirst,
     IFencedManifestBackend,
     IManifestBackend,
     IManifestMaintenance,
@@ -328,6 +329,7 @@ class RegistryCore:
             upload = await self.getUpload(name, uploadId)
             if digest is None:
                 raise errors.digestInvalid("the digest query parameter is required")
+            self._expectDigest(upload, digest)
             await self._append(upload, body, contentRange)
             await self._finish(name, upload, digest)
         except BlockingIOError:
@@ -410,6 +412,18 @@ class RegistryCore:
             raise errors.forOSError(e) from None
         await self.blobs.link(name, digest)
 
+    def _expectDigest(self, upload: IUpload, digest: str) -> None:
+        """
+        Tell an empty session that can use it the digest its one request
+        will commit: it may then store the data as the blob at once.
+        """
+        if upload.size == 0 and IDigestFirst.providedBy(upload):
+            try:
+                self.checkDigest(digest)
+            except errors.OCIError:
+                return  # refused at the digest check, before any commit
+            IDigestFirst(upload).expectDigest(digest)
+
     @staticmethod
     async def _abortQuietly(upload: IUpload) -> None:
         try:
@@ -426,6 +440,7 @@ class RegistryCore:
         self.checkDigest(digest)
         upload = await self.startUpload(name, resumable=False)
         try:
+            self._expectDigest(upload, digest)
             await self._append(upload, body)
             await self._finish(name, upload, digest)
         except BaseException:

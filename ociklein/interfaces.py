@@ -110,6 +110,21 @@ class IUpload(Interface):
         """
 
 
+class IDigestFirst(Interface):
+    """
+    An upload session that can store its data as the blob itself, instead
+    of copying it there at the commit, when it learns the digest before
+    the data: a store whose commit is a copy (object storage) saves it.
+    """
+
+    def expectDigest(digest: str) -> None:
+        """
+        The session, still empty, is about to receive all its data in one
+        request and then be committed as C{digest} (a well-formed digest)
+        or aborted; no flush follows.  A session may ignore this.
+        """
+
+
 class IBlobStore(Interface):
     """
     Content-addressed blobs, stored once, made visible per repository by

@@ -560,3 +560,196 @@ async def test_readAheadIsBounded(seaweedfs: SeaweedFS) -> None:
     finally:
         none.close()
         ahead.close()
+
+
+def _multipartsUnder(node: S3Backends) -> list[str]:
+    """
+    The keys of multipart uploads left open under the node's blobs.
+    """
+    found = node.client.s3.list_multipart_uploads(Bucket=BUCKET, Prefix=node.client.keys.blobs)
+    return [m["Key"] for m in found.get("Uploads", [])]
+
+
+async def _pushThrough(stub: StubClient, data: bytes, digest: str, monolithic: bool) -> Any:
+    """
+    One request carrying the whole blob: C{POST ?digest=}, or C{POST} then
+    C{PUT ?digest=} with the body.
+    """
+    if monolithic:
+        return await stub.request("POST", f"/v2/repo/blobs/uploads/?digest={digest}", data=data)
+    started = await stub.request("POST", "/v2/repo/blobs/uploads/")
+    location = started.headers.getRawHeaders("Location")[0]
+    return await stub.request("PUT", f"{location}?digest={digest}", data=data)
+
+
+@pytest.mark.parametrize("monolithic", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_digestFirstWritesTheBlobOnce(seaweedfs: SeaweedFS, monolithic: bool) -> None:
+    """A push whose digest comes before its data sends its parts to the blob: no part objects, no copies."""
+    node = S3Backends(seaweedfs, partSize=PART)
+    requests = _Requests(node.client)
+    try:
+        stub = StubClient(Registry(node.manifests, node.blobs))
+        data = os.urandom(2 * PART + 7)
+        response = await _pushThrough(stub, data, digestOf(data), monolithic)
+        assert response.code == 201, response.body
+        assert "UploadPartCopy" not in requests.calls, requests.calls
+        assert requests.calls.count("UploadPart") == 3, requests.calls
+        assert requests.calls.count("CompleteMultipartUpload") == 1, requests.calls
+        assert (await stub.request("GET", f"/v2/repo/blobs/{digestOf(data)}")).body == data
+        assert node.client.listObjects(node.client.keys.uploads) == []
+        again = await _pushThrough(stub, data, digestOf(data), monolithic)
+        assert again.code == 201 and _multipartsUnder(node) == []  # stored already: its upload aborted
+    finally:
+        requests.close()
+        node.close()
+
+
+@pytest.mark.parametrize("monolithic", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_digestFirstWrongDigestStoresNothing(seaweedfs: SeaweedFS, monolithic: bool) -> None:
+    """A digest-first push whose data does not match is refused, its blob's multipart upload aborted."""
+    node = S3Backends(seaweedfs, partSize=PART)
+    try:
+        stub = StubClient(Registry(node.manifests, node.blobs))
+        data = os.urandom(PART + 7)
+        response = await _pushThrough(stub, data, digestOf(b"other"), monolithic)
+        assert response.code == 400 and errorCode(response) == "DIGEST_INVALID"
+        assert await node.blobs.stat(digestOf(b"other")) is None
+        assert _multipartsUnder(node) == []
+    finally:
+        node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_digestFirstLeftUnfinishedContinuesFromTheBucket(seaweedfs: SeaweedFS) -> None:
+    """A digest-first request ending uncommitted aborts its blob's upload; the session goes on as stored"""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    node = S3Backends(seaweedfs, partSize=PART)
+    try:
+        upload: Any = await node.blobs.startUpload("repo")
+        data = os.urandom(PART + 1)
+        upload.expectDigest(digestOf(data))
+        await upload.write(data)
+        await upload._settled()  # the part sent
+        assert len(_multipartsUnder(node)) == 1
+        upload.close()  # the request ended: the client went away mid-body
+        for _ in range(3000):
+            if not _multipartsUnder(node):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert _multipartsUnder(node) == []
+        resumed: Any = await node.blobs.getUpload(upload.uploadId)
+        assert resumed is not upload and resumed.size == 0
+        await resumed.write(b"more")
+        await resumed.commit(digestOf(b"more"))
+        assert await node.blobs.stat(digestOf(b"more")) == 4
+    finally:
+        node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_partsStoredWhileTheNextFills(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One session's write returns while its part is stored; beyond SPARE_PARTS a write waits for its part."""
+    import threading
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from ociklein.storage.s3 import _uploads
+
+    monkeypatch.setattr(_uploads, "SPARE_PARTS", 1)
+    gate, entered = threading.Event(), threading.Semaphore(0)
+    store = _uploads.S3Upload._storePart
+
+    def held(self: Any, number: int, part: bytearray) -> None:
+        entered.release()
+        gate.wait(30)
+        store(self, number, part)
+
+    monkeypatch.setattr(_uploads.S3Upload, "_storePart", held)
+    node = S3Backends(seaweedfs, partSize=PART)
+    try:
+        first: Any = await node.blobs.startUpload("repo")
+        second: Any = await node.blobs.startUpload("repo")
+        await first.write(os.urandom(PART + 1))  # returns with its part held
+        assert entered.acquire(timeout=30)
+        waiting = second.write(os.urandom(PART + 1))
+        for _ in range(3000):  # the reactor turns while the part is being sent
+            if entered.acquire(blocking=False):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        else:
+            raise AssertionError("the second part was never sent")
+        assert not waiting.called  # no spare part left: it waits for its own
+        gate.set()
+        await waiting
+        await first.flush()
+        await second.flush()
+        assert (first._parts, second._parts) == (1, 1)
+    finally:
+        gate.set()
+        node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_commitCopiesPartsAFewAtATime(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit copies its parts concurrently, but never more than _COPIES at once."""
+    import threading
+
+    from ociklein.storage.s3 import _uploads
+
+    monkeypatch.setattr(_uploads, "_COPIES", 2)
+    node = S3Backends(seaweedfs, partSize=PART)
+    running, most, lock = [0], [0], threading.Lock()
+    copy = node.client.s3.upload_part_copy
+
+    def counted(**kwargs: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)  # long enough for every copy queued at once to start
+            return copy(**kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    try:
+        data = os.urandom(5 * PART)
+        upload: Any = await node.blobs.startUpload("repo")
+        await upload.write(data)
+        await upload.flush()
+        node.client.s3.upload_part_copy = counted
+        await upload.commit(digestOf(data))
+        assert most[0] == 2
+        reader: Any = await node.blobs.open(digestOf(data))
+        try:
+            assert await reader.read(0, len(data)) == data
+        finally:
+            reader.close()
+    finally:
+        node.client.s3.upload_part_copy = copy
+        node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_partsAreSentWithoutPayloadHash(seaweedfs: SeaweedFS) -> None:
+    """Parts go to the store unsigned (UNSIGNED-PAYLOAD): botocore hashes no body a second time."""
+    node = S3Backends(seaweedfs, partSize=PART)
+    sent: list[str] = []
+
+    def seen(request: Any, **kwargs: Any) -> None:
+        sent.append(request.headers.get("X-Amz-Content-SHA256", b"").decode())
+
+    node.client.s3.meta.events.register("before-send.s3.PutObject", seen)
+    try:
+        upload: Any = await node.blobs.startUpload("repo")
+        await upload.write(os.urandom(PART + 1))
+        await upload.flush()
+        assert sent and set(sent) == {"UNSIGNED-PAYLOAD"}, sent
+    finally:
+        node.client.s3.meta.events.unregister("before-send.s3.PutObject", seen)
+        node.close()

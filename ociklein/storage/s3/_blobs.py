@@ -294,6 +294,8 @@ class S3BlobStore:
         # Sessions this node wrote last, with their tail and running hash;
         # bounded, since each holds up to a part in memory.
         self._sessions: OrderedDict[str, S3Upload] = OrderedDict()
+        # Parts being stored, across sessions (see L{S3Upload.write}).
+        self._partsSending = 0
 
     @property
     def expiryInterval(self) -> float:
