@@ -389,6 +389,28 @@ def test_fsFencedRemoveAgainstUse(tmp_path: Path, use: str) -> None:
     assert [p.name for p in tmp_path.iterdir() if ".gc-" in p.name] == []
 
 
+def test_fsUsedFileNeverHidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collector does not hide (and so make missing for a moment) a file used since its cutoff."""
+    from ociklein.storage.fs._maintenance import fencedRemove, recordUse, storageNow
+
+    (tmp_path / "tmp").mkdir()
+    path = tmp_path / "manifest"
+    path.write_bytes(b"x")
+    os.utime(path, (0, 0))
+    cutoff = storageNow(str(tmp_path))
+    assert recordUse(str(path))
+    renamed: list[str] = []
+    realRename = os.rename
+
+    def rename(source: Any, target: Any) -> None:
+        renamed.append(str(source))
+        realRename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    assert fencedRemove(str(path), cutoff) is False
+    assert renamed == [] and path.exists()
+
+
 def test_fsUseReachingRemovedInode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A use whose utime lands on an inode a collector already took is reported missing."""
     from ociklein.storage.fs import _maintenance

@@ -95,6 +95,15 @@ def fencedRemove(path: str, before: float, inspect: Callable[[str], None] | None
     L{True} if removed.  C{inspect} sees the file, by its hidden name, just
     before it goes.
     """
+    # A file used since the cutoff is not even hidden: while hidden it is
+    # missing for readers, so that a client who was just told a manifest
+    # is stored would be told it is unknown.  Only a use landing between
+    # this look and the rename below still finds it hidden for a moment.
+    try:
+        if os.lstat(path).st_mtime >= before:
+            return False
+    except FileNotFoundError:
+        return False
     hidden = f"{path}{HIDDEN}{secrets.token_hex(8)}"
     try:
         os.rename(path, hidden)
