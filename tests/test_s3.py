@@ -365,7 +365,11 @@ async def test_putsSendNoExpectContinue(twoNodes: tuple[S3Backends, S3Backends])
         expect = request.headers.get("Expect")
         sent.append((request.method, request.url, expect.decode() if isinstance(expect, bytes) else expect))
 
+    def seenLean(operation: str, url: str, headers: Any) -> None:
+        sent.append(("PUT" if operation == "PutObject" else operation, url, headers.get("Expect")))
+
     a.client.s3.meta.events.register("before-send.s3", seen)
+    a.client.lean.observers.append(seenLean)
     try:
         data = os.urandom(PART + 10)
         upload = await a.blobs.startUpload("repo")
@@ -377,6 +381,7 @@ async def test_putsSendNoExpectContinue(twoNodes: tuple[S3Backends, S3Backends])
         await a.manifests.setTag("repo", "v1", digestOf(manifest))
     finally:
         a.client.s3.meta.events.unregister("before-send.s3", seen)
+        a.client.lean.observers.remove(seenLean)
     puts = [entry for entry in sent if entry[0] in ("PUT", "POST")]
     assert any("partNumber=" in url for _, url, _ in puts), sent
     assert len(puts) >= 3, sent
@@ -385,19 +390,25 @@ async def test_putsSendNoExpectContinue(twoNodes: tuple[S3Backends, S3Backends])
 
 class _Requests:
     """
-    The S3 operations a client sends, by name, from botocore's events.
+    The S3 operations a client sends, by name, from botocore's events and
+    the lean path's observers.
     """
 
     def __init__(self, client: S3Client) -> None:
         self.calls: list[str] = []
-        self._events = client.s3.meta.events
-        self._events.register("before-call.s3", self._seen)
+        self._client = client
+        client.s3.meta.events.register("before-call.s3", self._seen)
+        client.lean.observers.append(self._seenLean)
 
     def _seen(self, model: Any, **kwargs: Any) -> None:
         self.calls.append(model.name)
 
+    def _seenLean(self, operation: str, url: str, headers: Any) -> None:
+        self.calls.append(operation)
+
     def close(self) -> None:
-        self._events.unregister("before-call.s3", self._seen)
+        self._client.s3.meta.events.unregister("before-call.s3", self._seen)
+        self._client.lean.observers.remove(self._seenLean)
 
 
 def _imageManifest(config: bytes, layer: bytes, note: str) -> bytes:

@@ -20,6 +20,7 @@ from twisted.python.threadpool import ThreadPool
 from ociklein.interfaces import StorageUnavailable
 from ociklein.storage._threads import resolveReactor
 from ociklein.storage.s3._keys import Keys, decodeName, encodeName
+from ociklein.storage.s3._lean import LeanS3
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -104,19 +105,41 @@ class S3Config:
             client = _clients[shape] = self._newClient(connections, attempts, timeout)
         return client
 
-    def _newClient(self, connections: int, attempts: int, timeout: float) -> Any:
+    def _session(self) -> Any:
+        """
+        One boto3 session per credentials file: it caches the service
+        model, which is slow to load for every client, and the
+        credentials, which it refreshes when they expire.
+        """
         import boto3
         import botocore.session
-        from botocore.config import Config
 
         session = _sessions.get(self.credentialsFile)
         if session is None:
-            # One botocore session per credentials file: it caches the
-            # service model, which is slow to load for every client.
             core = botocore.session.get_session()
             if self.credentialsFile is not None:
                 core.set_config_variable("credentials_file", self.credentialsFile)
             session = _sessions[self.credentialsFile] = boto3.Session(botocore_session=core)
+        return session
+
+    def makeLean(self, client: Any, attempts: int = 3) -> LeanS3:
+        """
+        The whole-object requests of L{LeanS3} for the bucket, sent on the
+        connections of C{client} (from L{makeClient}) with its credentials.
+        """
+        return LeanS3(
+            client._endpoint.http_session,
+            self._session().get_credentials(),
+            self.bucket,
+            self.endpoint,
+            client.meta.region_name,
+            attempts,
+        )
+
+    def _newClient(self, connections: int, attempts: int, timeout: float) -> Any:
+        from botocore.config import Config
+
+        session = self._session()
         config = Config(
             signature_version="s3v4",
             # No sha256 of every body sent in the signature: botocore
@@ -248,6 +271,7 @@ class S3Client:
         self.leaseHeld = 0
         self.reactor = resolveReactor(reactor)
         self.s3 = config.makeClient(threads + 2)
+        self.lean = config.makeLean(self.s3)
         _returnLargeBuffersToTheSystem()
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociklein-s3")
         self._pool.start()
@@ -287,31 +311,19 @@ class S3Client:
         """
         The object's bytes and response (headers, metadata), or L{None}.
         """
-        try:
-            response = self.s3.get_object(Bucket=self.bucket, Key=key)
-        except Exception as e:
-            if isMissing(e):
-                return None
-            raise
-        body = response["Body"]
-        try:
-            return body.read(), response
-        finally:
-            body.close()
+        return self.lean.get(key)
 
     def head(self, key: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.s3.head_object(Bucket=self.bucket, Key=key))
-        except Exception as e:
-            if isMissing(e):
-                return None
-            raise
+        return self.lean.head(key)
 
     def put(self, key: str, body: bytes | bytearray, **extra: Any) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+        """
+        Write the object; C{extra} may be C{ContentType} and C{Metadata}.
+        """
+        self.lean.put(key, body, **extra)
 
     def delete(self, key: str) -> None:
-        self.s3.delete_object(Bucket=self.bucket, Key=key)
+        self.lean.delete(key)
 
     def deleteMany(self, keys: list[str]) -> None:
         """
