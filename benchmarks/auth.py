@@ -139,16 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     loads = [os.getloadavg()]
     try:
         extras = prepare(workdir)
-        config = bench.smallBlob(workdir / "config", b'{"architecture":"amd64","os":"linux"}')
-        layer = bench.smallBlob(workdir / "layer", os.urandom(4096))
-        data = bench.Data(
-            pushMono=config,
-            pushChunked=config,
-            background=config,
-            config=config,
-            layer=layer,
-            manifest=bench.manifestBytes(config, [layer]),
-        )
+        data = bench.smallData(workdir)
         for n in range(rounds):
             for mode in MODES:
                 rate, cpuRate = once(mode, extras[mode], workdir, data, sizes, n)

@@ -178,6 +178,22 @@ class Data:
     manifest: bytes
 
 
+def smallData(workdir: Path) -> Data:
+    """
+    Data for benchmarks of manifests alone: every blob is small.
+    """
+    config = smallBlob(workdir / "config", b'{"architecture":"amd64","os":"linux"}')
+    layer = smallBlob(workdir / "layer", os.urandom(4096))
+    return Data(
+        pushMono=config,
+        pushChunked=config,
+        background=config,
+        config=config,
+        layer=layer,
+        manifest=manifestBytes(config, [layer]),
+    )
+
+
 # -- processes --------------------------------------------------------------
 
 

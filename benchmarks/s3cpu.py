@@ -16,7 +16,6 @@ CPU per operation is what to compare.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -111,17 +110,7 @@ def main() -> int:
     bench.SIGNALS.install()
     workdir = Path(tempfile.mkdtemp(prefix="ociklein-s3cpu-"))
     store = bench.ObjectStore(workdir)
-    layer = bench.smallBlob(workdir / "layer", os.urandom(4096))
-    platform = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
-    config = bench.smallBlob(workdir / "config", platform)
-    data = bench.Data(
-        pushMono=layer,
-        pushChunked=layer,
-        background=layer,
-        config=config,
-        layer=layer,
-        manifest=bench.manifestBytes(config, [layer]),
-    )
+    data = bench.smallData(workdir)
     path = os.environ.get("PYTHONPATH")
     try:
         for round in range(args.rounds):
