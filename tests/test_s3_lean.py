@@ -1,6 +1,7 @@
 """
-The lean path of the s3 backend (L{ociklein.storage.s3._lean}) against a
-scripted HTTP server: signing, error mapping, retries and credentials.
+The lean paths of the s3 backend (L{ociklein.storage.s3._lean}, and
+L{ociklein.storage.s3._reactorreads} on the reactor) against a scripted
+HTTP server: signing, error mapping, retries, credentials, connections.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import pytest_twisted
 from botocore.credentials import Credentials, RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.httpsession import URLLib3Session
+from twisted.internet.defer import Deferred, succeed
 
 from ociklein.interfaces import StorageUnavailable
 from ociklein.storage.s3._client import isMissing, translate
 from ociklein.storage.s3._lean import LeanS3
+from ociklein.storage.s3._reactorreads import MAX_BODY, ReactorReads
 
 _Answer = tuple[int, dict[str, str], bytes]
 
@@ -42,10 +46,14 @@ class _Store(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(content)))
+        chunked = headers.get("Transfer-Encoding") == "chunked"
+        if not chunked:
+            self.send_header("Content-Length", str(len(content)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(content)
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(content), content) if chunked else content)
+        # Close without saying so, as a store closing an idle connection.
+        self.close_connection = self.close_connection or "X-Close" in headers
 
     do_GET = do_PUT = do_HEAD = do_DELETE = _answer
 
@@ -196,3 +204,121 @@ def test_credentialsRefreshed(store: tuple[str, type[_Store]]) -> None:
     headers = handler.seen[0][2]
     assert "Credential=NEWKEY/" in headers["authorization"]
     assert headers["x-amz-security-token"] == "T"
+
+
+class _Reads:
+    """
+    L{ReactorReads} on the scripted store, with a fallback that records
+    the keys left to the pool path.
+    """
+
+    def __init__(self, endpoint: str, connections: int = 4, timeout: float = 10.0) -> None:
+        from twisted.internet import reactor
+
+        self.fellBack: list[str] = []
+        lean, _ = _lean(endpoint)
+        self.reads = ReactorReads(reactor, lean, self._fallback, connections, timeout)
+
+    def _fallback(self, key: str) -> Deferred[Any]:
+        self.fellBack.append(key)
+        return succeed((b"from the pool", {}))
+
+    async def get(self, key: str) -> Any:
+        from twisted.internet import reactor
+
+        return await self.reads.get(key).addTimeout(20, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactorReadsKeepConnections(store: tuple[str, type[_Store]]) -> None:
+    """Signed GETs on the reactor reuse one keep-alive connection; 200 gives the bytes, 404 None."""
+    endpoint, handler = store
+    handler.script += [(200, {"ETag": '"e"'}, b"sha256:1\n"), (404, {}, _error("NoSuchKey"))]
+    handler.script += [(200, {}, b"x" * 1000)] * 3
+    reads = _Reads(endpoint)
+    try:
+        found = await reads.get("pre/tags/a b")
+        assert found[0] == b"sha256:1\n" and found[1]["ETag"] == '"e"'
+        assert await reads.get("gone") is None
+        for _ in range(3):
+            assert (await reads.get("k"))[0] == b"x" * 1000
+        assert reads.reads.opened == 1 and reads.fellBack == []
+        method, path, headers, _ = handler.seen[0]
+        assert (method, path) == ("GET", "/bucket/pre/tags/a%20b")
+        assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=KEY/")
+        assert headers["host"] == endpoint.removeprefix("http://")
+    finally:
+        reads.reads.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactorReadsLeaveTheRestToThePool(store: tuple[str, type[_Store]]) -> None:
+    """Another status, a chunked or too large body, and a refused connection are asked of the pool path."""
+    endpoint, handler = store
+    handler.script += [
+        (503, {}, _error("SlowDown")),
+        (200, {"Transfer-Encoding": "chunked"}, b"chunked"),
+        (200, {}, b"x" * (MAX_BODY + 1)),
+        (200, {}, b"plain"),
+    ]
+    reads = _Reads(endpoint)
+    try:
+        for key in ("throttled", "chunked", "large"):
+            assert (await reads.get(key))[0] == b"from the pool"
+        assert (await reads.get("plain"))[0] == b"plain"
+        assert reads.fellBack == ["throttled", "chunked", "large"]
+    finally:
+        reads.reads.close()
+    from twistdprocess import freePort
+
+    unreachable = _Reads(f"http://127.0.0.1:{freePort()}")
+    assert (await unreachable.get("k"))[0] == b"from the pool"
+    assert unreachable.fellBack == ["k"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactorReadsBoundedConnections(store: tuple[str, type[_Store]]) -> None:
+    """Many GETs at once share at most the pool's connections, and all are answered."""
+    from twisted.internet.defer import gatherResults
+
+    endpoint, handler = store
+    reads = _Reads(endpoint, connections=3)
+    try:
+        results = await gatherResults([reads.reads.get(f"k{i}") for i in range(30)])
+        assert [r[0] for r in results] == [b""] * 30
+        assert reads.reads.opened <= 3 and reads.fellBack == []
+        assert len(handler.seen) == 30
+    finally:
+        reads.reads.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactorReadsAfterStoreClosedConnection(store: tuple[str, type[_Store]]) -> None:
+    """A connection the store closed (without saying so) is not reused: the next GET still gets its answer."""
+    endpoint, handler = store
+    handler.script += [(200, {"X-Close": "1"}, b"first"), (200, {}, b"second")]
+    reads = _Reads(endpoint)
+    try:
+        assert (await reads.get("a"))[0] == b"first"
+        second = await reads.get("b")
+        assert second[0] in (b"second", b"from the pool")
+    finally:
+        reads.reads.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactorReadTimesOut() -> None:
+    """A store that accepts but never answers is unavailable after the read timeout, not waited on forever."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        reads = _Reads(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5)
+        with pytest.raises(StorageUnavailable):
+            await reads.get("k")
+        assert reads.fellBack == []
+        reads.reads.close()
+    finally:
+        listener.close()

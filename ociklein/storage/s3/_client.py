@@ -21,11 +21,15 @@ from ociklein.interfaces import StorageUnavailable
 from ociklein.storage._threads import resolveReactor
 from ociklein.storage.s3._keys import Keys, decodeName, encodeName
 from ociklein.storage.s3._lean import LeanS3
+from ociklein.storage.s3._reactorreads import ReactorReads
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 DEFAULT_THREADS = 16
+# Keep-alive connections of the reactor's own, for small reads.
+REACTOR_CONNECTIONS = 16
+TIMEOUT = 30.0
 # S3 error codes that mean "slow down", whatever the HTTP status.
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
 _MISSING = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
@@ -84,7 +88,7 @@ class S3Config:
         self.credentialsFile = credentialsFile
         self.caFile = caFile
 
-    def makeClient(self, connections: int, attempts: int = 3, timeout: float = 30.0) -> Any:
+    def makeClient(self, connections: int, attempts: int = 3, timeout: float = TIMEOUT) -> Any:
         """
         A boto3 S3 client: SigV4, path-style addressing when an endpoint is
         given (what S3-compatible stores expect), retries with backoff.
@@ -272,6 +276,11 @@ class S3Client:
         self.reactor = resolveReactor(reactor)
         self.s3 = config.makeClient(threads + 2)
         self.lean = config.makeLean(self.s3)
+        # Small reads on the reactor, where the store speaks plain HTTP
+        # (over TLS they take the pool path, with botocore's TLS settings).
+        self.reads: ReactorReads | None = None
+        if (config.endpoint or "").startswith("http://"):
+            self.reads = ReactorReads(self.reactor, self.lean, self._pooledGet, REACTOR_CONNECTIONS, TIMEOUT)
         _returnLargeBuffersToTheSystem()
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociklein-s3")
         self._pool.start()
@@ -296,11 +305,26 @@ class S3Client:
 
         return deferToThreadPool(self.reactor, self._pool, translated)
 
+    def getObject(self, key: str) -> Deferred[tuple[bytes, dict[str, Any]] | None]:
+        """
+        L{get} of a small object (a tag, a manifest): on the reactor when
+        the store speaks plain HTTP, else in the pool.
+        """
+        if self.reads is not None:
+            return self.reads.get(key)
+        return self._pooledGet(key)
+
+    def _pooledGet(self, key: str) -> Deferred[tuple[bytes, dict[str, Any]] | None]:
+        return self.run(self.get, key)
+
     def close(self) -> None:
         """
-        Stop the pool, waiting for running calls.  The boto3 client and its
-        connections stay, for the next S3Client of the same store.
+        Stop the pool, waiting for running calls, and close the reactor's
+        idle connections.  The boto3 client and its connections stay, for
+        the next S3Client of the same store.
         """
+        if self.reads is not None:
+            self.reads.close()
         if self._pool.started:
             self._pool.stop()
             self.reactor.removeSystemEventTrigger(self._trigger)  # type: ignore[attr-defined]

@@ -79,7 +79,7 @@ def _bucketURL(bucket: str, endpoint: str | None, region: str) -> str:
     return f"https://s3.{region}.amazonaws.com/{bucket}/"
 
 
-def _shape(status: int, headers: Mapping[str, str]) -> dict[str, Any]:
+def shape(status: int, headers: Mapping[str, str]) -> dict[str, Any]:
     """
     The parts of a boto3 response the backend reads: C{ContentType},
     C{ContentLength}, C{ETag}, C{LastModified}, C{Metadata} and
@@ -166,7 +166,7 @@ class LeanS3:
         headers: dict[str, str],
         missingIsNone: bool = False,
     ) -> tuple[bytes, dict[str, Any]] | None:
-        url = self._base + quote(key, safe="/~")
+        url = self.url(key)
         attempt = 0
         while True:
             attempt += 1
@@ -179,7 +179,7 @@ class LeanS3:
                 continue
             status = response.status_code
             if status < 300:
-                return response.content, _shape(status, response.headers)
+                return response.content, shape(status, response.headers)
             if status == 404 and missingIsNone:
                 return None
             error = self._error(method, status, response.content)
@@ -188,7 +188,14 @@ class LeanS3:
                 raise error
             self._backOff(attempt)
 
-    def _exchange(self, method: str, url: str, body: bytes | bytearray, headers: dict[str, str]) -> Any:
+    def url(self, key: str) -> str:
+        return self._base + quote(key, safe="/~")
+
+    def signed(self, method: str, url: str, body: bytes | bytearray, headers: dict[str, str]) -> Any:
+        """
+        The request, signed with the credentials as they are now, and
+        announced to the observers: an L{AWSPreparedRequest}.
+        """
         credentials = self._credentials.get_frozen_credentials() if self._credentials is not None else None
         if credentials is None:
             raise NoCredentialsError()
@@ -197,7 +204,10 @@ class LeanS3:
         prepared = request.prepare()
         for observer in self.observers:
             observer(_OPERATIONS[method], url, prepared.headers)
-        return self._http.send(prepared)
+        return prepared
+
+    def _exchange(self, method: str, url: str, body: bytes | bytearray, headers: dict[str, str]) -> Any:
+        return self._http.send(self.signed(method, url, body, headers))
 
     def _backOff(self, attempt: int) -> None:
         self._sleep(random.random() * min(_MAX_BACKOFF, 2.0 ** (attempt - 1)))

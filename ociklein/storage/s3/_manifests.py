@@ -80,7 +80,7 @@ class S3ManifestBackend:
             content, response = result
             return response.get("ContentType", "application/octet-stream"), content
 
-        return self._client.run(self._client.get, key).addCallback(found)
+        return self._client.getObject(key).addCallback(found)
 
     def getTaggedManifest(self, repository: str, tag: str) -> Deferred[tuple[str, str, bytes] | None]:
         return Deferred.fromCoroutine(self._getTaggedManifest(repository, tag))
@@ -204,7 +204,7 @@ class S3ManifestBackend:
         def found(result: tuple[bytes, dict[str, Any]] | None) -> str | None:
             return None if result is None else _readDigest(result[0])
 
-        return self._client.run(self._client.get, key).addCallback(found)
+        return self._client.getObject(key).addCallback(found)
 
     def setTag(self, repository: str, tag: str, digest: str) -> Deferred[None]:
         # One PUT replaces the object whole: concurrent writers of a tag
