@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -111,7 +112,8 @@ async def drive(one: Any, n: int, concurrency: int) -> None:
 
 
 async def main(reactor: Any, n: int, concurrency: int) -> None:
-    server = SeaweedFS(Path(tempfile.mkdtemp(prefix="s3client-"))).start()
+    directory = Path(tempfile.mkdtemp(prefix="s3client-"))
+    server = SeaweedFS(directory).start()
     try:
         for method in ("GET", "PUT"):
             for name, run in (
@@ -129,6 +131,7 @@ async def main(reactor: Any, n: int, concurrency: int) -> None:
                 )
     finally:
         server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -131,6 +132,7 @@ def main() -> int:
     finally:
         bench.PROCESSES.shutdown()
         store.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
