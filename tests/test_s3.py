@@ -420,9 +420,10 @@ def _imageManifest(config: bytes, layer: bytes, note: str) -> bytes:
 @pytest_twisted.ensureDeferred
 async def test_requestsPerManifestPutAndGet(twoNodes: tuple[S3Backends, S3Backends]) -> None:
     """
-    A manifest PUT by tag over two blobs costs 24 S3 requests (no per-key
-    fence reads without a collector lease, the catalog entry written once
-    per node); a GET by tag of a manifest the node read before costs one.
+    A manifest PUT by tag over two blobs costs 18 S3 requests (no per-key
+    fence reads without a collector lease, no uses written again after the
+    store, the catalog entry written once per node); a GET by tag of a
+    manifest the node read before costs one.
     """
     from helpers import OCI_MANIFEST, pushBlob
 
@@ -452,13 +453,46 @@ async def test_requestsPerManifestPutAndGet(twoNodes: tuple[S3Backends, S3Backen
         cached = list(requests.calls)
     finally:
         requests.close()
-    # The manifest read; 2 x (4 uses, the lease, 4 HEADs) for the blobs and
-    # links before and after the store; the manifest and the tag; a use of
-    # the manifest, the lease and its HEAD.
-    assert len(put) == 24, sorted(put)
-    assert {name: put.count(name) for name in set(put)} == {"GetObject": 1, "PutObject": 11, "HeadObject": 12}
+    # 4 uses, the lease and 4 HEADs for the blobs and links, with a HEAD of
+    # the manifest (stored?); the manifest, then the tag; the lease, then
+    # HEADs of the blobs, links and manifest.
+    assert len(put) == 18, sorted(put)
+    assert {name: put.count(name) for name in set(put)} == {"PutObject": 6, "HeadObject": 12}
     assert firstGet == ["GetObject", "GetObject"]
     assert cached == ["GetObject", "GetObject"]  # the tag, twice
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifestPutUnderLeaseRecordsUsesAgain(twoNodes: tuple[S3Backends, S3Backends]) -> None:
+    """
+    While a collection holds the lease, a manifest PUT records the uses of
+    its blobs, links and itself again after the store, and looks for fences.
+    """
+    from helpers import OCI_MANIFEST, pushBlob
+
+    a, b = twoNodes
+    stub = StubClient(Registry(a.manifests, a.blobs))
+    config, layer = b'{"n": 2}', b"leased" * 100
+    await pushBlob(stub, "app", config)
+    await pushBlob(stub, "app", layer)
+    held = await b.blobs.acquireCollectorLease("a test collection")
+    requests = _Requests(a.client)
+    try:
+        pushed = await stub.request(
+            "PUT",
+            "/v2/app/manifests/v1",
+            data=_imageManifest(config, layer, "leased"),
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert pushed.code == 201
+    finally:
+        requests.close()
+        await held.release()
+    put = requests.calls
+    # Before: 4 uses, the lease, 4 fences, 4 HEADs and the manifest's HEAD;
+    # the catalog entry, the manifest and the tag; after: the lease, then 5
+    # uses, the lease, 5 fences and 5 HEADs.
+    assert {name: put.count(name) for name in set(put)} == {"PutObject": 12, "HeadObject": 22}
 
 
 @pytest_twisted.ensureDeferred

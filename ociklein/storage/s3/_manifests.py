@@ -16,10 +16,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from zope.interface import implementer
 
 from ociklein.interfaces import (
+    FencedStore,
+    IFencedManifestBackend,
     IManifestBackend,
     IManifestMaintenance,
     ITagReadingManifestBackend,
@@ -55,7 +57,7 @@ def _plainETag(etag: str) -> str | None:
     return etag if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) else None
 
 
-@implementer(IManifestBackend, IManifestMaintenance, ITagReadingManifestBackend)
+@implementer(IManifestBackend, IManifestMaintenance, ITagReadingManifestBackend, IFencedManifestBackend)
 class S3ManifestBackend:
     """
     Manifests (their media type as the object's Content-Type, their subject
@@ -124,20 +126,146 @@ class S3ManifestBackend:
         subject: str | None,
         descriptor: dict[str, Any],
     ) -> None:
+        await self._storeManifest(repository, digest, mediaType, content, subject, descriptor, ())
+
+    async def _storeManifest(
+        self,
+        repository: str,
+        digest: str,
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+        tags: Sequence[str],
+    ) -> None:
+        """
+        The catalog entry and the manifest at once; then, together, the
+        referrers entry and C{tags}: only after the manifest, so that
+        neither the index nor a tag ever names a missing one.
+        """
         key = self._keys.manifest(repository, digest)
         metadata = {} if subject is None else {_SUBJECT: checkDigest(subject)}
-        # The catalog entry and the manifest at once; the referrers entry
-        # only after the manifest, so the index never names a missing one.
         await allOf(
             [
                 self._register(repository),
                 self._client.run(self._client.put, key, content, ContentType=mediaType, Metadata=metadata),
             ]
         )
+        after = [self._putTag(repository, tag, digest) for tag in tags]
         if subject is not None:
             encoded = json.dumps(descriptor).encode()
             referrer = self._keys.referrer(repository, subject, digest)
-            await self._client.run(self._client.put, referrer, encoded, ContentType="application/json")
+            put = self._client.put
+            after.append(self._client.run(put, referrer, encoded, ContentType="application/json"))
+        await allOf(after)
+
+    def putTaggedManifest(
+        self,
+        repository: str,
+        tags: Sequence[str],
+        digest: str,
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(
+            self._storeManifest(repository, digest, mediaType, content, subject, descriptor, tags)
+        )
+
+    def fencesBlobsOf(self, blobs: object) -> bool:
+        from ociklein.storage.s3._blobs import S3BlobStore
+
+        if not isinstance(blobs, S3BlobStore):
+            return False
+        other = blobs._client
+        return (other.config.endpoint, other.bucket, other.keys.prefix) == (
+            self._client.config.endpoint,
+            self._client.bucket,
+            self._keys.prefix,
+        )
+
+    def storeFenced(
+        self,
+        repository: str,
+        digest: str,
+        tags: Sequence[str],
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+        blobs: Sequence[str],
+        children: Sequence[str],
+        check: bool,
+    ) -> Deferred[FencedStore]:
+        return Deferred.fromCoroutine(
+            self._storeFenced(
+                repository, digest, tags, mediaType, content, subject, descriptor, blobs, children, check
+            )
+        )
+
+    async def _storeFenced(
+        self,
+        repository: str,
+        digest: str,
+        tags: Sequence[str],
+        mediaType: str,
+        content: bytes,
+        subject: str | None,
+        descriptor: dict[str, Any],
+        blobs: Sequence[str],
+        children: Sequence[str],
+        check: bool,
+    ) -> FencedStore:
+        """
+        The core's check, store and uses of a manifest PUT, with the
+        requests of each step in parallel (docs/storage.md, "Maintenance"):
+
+        1. if C{check}: L{touchAll} of every link, blob and child (uses,
+           the lease, fences if it exists, HEADs), and meanwhile a HEAD of
+           the manifest (is it stored already?);
+        2. the manifest (unless stored), then its tags; for a manifest
+           stored already, its tags and a use of it;
+        3. the lease, then, if there is none, a HEAD of every link, blob,
+           child and the manifest; else L{touchAll} of them all.
+
+        With no lease in step 3, no collection is between taking the lease
+        and its last deletion; one that deletes later takes the lease
+        after this store was durable, so it lists the manifest and its
+        tags, keeps it and what it references (its time is now: written
+        now, or its use recorded in step 2).  One that deleted before is
+        seen by the HEADs.  So the uses of step 1 (which keep the times of
+        what the push used) need not be written again.
+        """
+        client, keys = self._client, self._keys
+        references = [key for d in blobs for key in (keys.link(repository, d), keys.blob(d))]
+        references += [keys.manifest(repository, c) for c in children]
+        named = [d for d in blobs for _ in (0, 1)] + list(children)
+        key = keys.manifest(repository, digest)
+        stored: Deferred[Any] = client.run(client.head, key)
+        if check:
+            touched = Deferred.fromCoroutine(touchAll(client, self._uses, references))
+            found, head = await allOf([touched, stored])
+            missing = [d for d, ok in zip(named, found, strict=True) if not ok]
+            if missing:
+                return FencedStore(missing[0], [])
+        else:
+            head = await stored
+        if head is None:
+            await self.putTaggedManifest(repository, tags, digest, mediaType, content, subject, descriptor)
+        else:
+            await allOf(
+                [ensureDeferred(self.setTag(repository, tag, digest)) for tag in tags]
+                + [client.run(self._uses.recordUse, key)]
+            )
+        everything = [*references, key]
+        if check and not await client.run(self._uses.collecting):
+            heads = await allOf([client.run(client.head, k) for k in everything])
+            found = [h is not None for h in heads]
+        else:
+            found = await touchAll(client, self._uses, everything)
+        lost = [d for d, ok in zip([*named, digest], found, strict=True) if not ok]
+        return FencedStore(None, list(dict.fromkeys(lost)))
 
     def _register(self, repository: str) -> Deferred[None]:
         """
@@ -207,13 +335,15 @@ class S3ManifestBackend:
         return self._client.getObject(key).addCallback(found)
 
     def setTag(self, repository: str, tag: str, digest: str) -> Deferred[None]:
+        return allOf([self._register(repository), self._putTag(repository, tag, digest)]).addCallback(
+            lambda _: None
+        )
+
+    def _putTag(self, repository: str, tag: str, digest: str) -> Deferred[None]:
         # One PUT replaces the object whole: concurrent writers of a tag
         # leave the last one's digest, never a mix.
         key = self._keys.tag(repository, tag)
-        body = _tagBody(checkDigest(digest))
-        return allOf([self._register(repository), self._client.run(self._client.put, key, body)]).addCallback(
-            lambda _: None
-        )
+        return self._client.run(self._client.put, key, _tagBody(checkDigest(digest)))
 
     def deleteTag(self, repository: str, tag: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._deleteTag(repository, tag))
