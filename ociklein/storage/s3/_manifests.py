@@ -113,20 +113,7 @@ class S3ManifestBackend:
         subject: str | None,
         descriptor: dict[str, Any],
     ) -> Deferred[None]:
-        return Deferred.fromCoroutine(
-            self._putManifest(repository, digest, mediaType, content, subject, descriptor)
-        )
-
-    async def _putManifest(
-        self,
-        repository: str,
-        digest: str,
-        mediaType: str,
-        content: bytes,
-        subject: str | None,
-        descriptor: dict[str, Any],
-    ) -> None:
-        await self._storeManifest(repository, digest, mediaType, content, subject, descriptor, ())
+        return self.putTaggedManifest(repository, (), digest, mediaType, content, subject, descriptor)
 
     async def _storeManifest(
         self,
@@ -198,25 +185,6 @@ class S3ManifestBackend:
         children: Sequence[str],
         check: bool,
     ) -> Deferred[FencedStore]:
-        return Deferred.fromCoroutine(
-            self._storeFenced(
-                repository, digest, tags, mediaType, content, subject, descriptor, blobs, children, check
-            )
-        )
-
-    async def _storeFenced(
-        self,
-        repository: str,
-        digest: str,
-        tags: Sequence[str],
-        mediaType: str,
-        content: bytes,
-        subject: str | None,
-        descriptor: dict[str, Any],
-        blobs: Sequence[str],
-        children: Sequence[str],
-        check: bool,
-    ) -> FencedStore:
         """
         The core's check, store and uses of a manifest PUT, with the
         requests of each step in parallel (docs/storage.md, "Maintenance"):
@@ -237,35 +205,41 @@ class S3ManifestBackend:
         seen by the HEADs.  So the uses of step 1 (which keep the times of
         what the push used) need not be written again.
         """
-        client, keys = self._client, self._keys
-        references = [key for d in blobs for key in (keys.link(repository, d), keys.blob(d))]
-        references += [keys.manifest(repository, c) for c in children]
-        named = [d for d in blobs for _ in (0, 1)] + list(children)
-        key = keys.manifest(repository, digest)
-        stored: Deferred[Any] = client.run(client.head, key)
-        if check:
-            touched = Deferred.fromCoroutine(touchAll(client, self._uses, references))
-            found, head = await allOf([touched, stored])
-            missing = [d for d, ok in zip(named, found, strict=True) if not ok]
-            if missing:
-                return FencedStore(missing[0], [])
-        else:
-            head = await stored
-        if head is None:
-            await self.putTaggedManifest(repository, tags, digest, mediaType, content, subject, descriptor)
-        else:
-            await allOf(
-                [ensureDeferred(self.setTag(repository, tag, digest)) for tag in tags]
-                + [client.run(self._uses.recordUse, key)]
-            )
-        everything = [*references, key]
-        if check and not await client.run(self._uses.collecting):
-            heads = await allOf([client.run(client.head, k) for k in everything])
-            found = [h is not None for h in heads]
-        else:
-            found = await touchAll(client, self._uses, everything)
-        lost = [d for d, ok in zip([*named, digest], found, strict=True) if not ok]
-        return FencedStore(None, list(dict.fromkeys(lost)))
+
+        async def store() -> FencedStore:
+            client, keys = self._client, self._keys
+            references = [key for d in blobs for key in (keys.link(repository, d), keys.blob(d))]
+            references += [keys.manifest(repository, c) for c in children]
+            named = [d for d in blobs for _ in (0, 1)] + list(children)
+            key = keys.manifest(repository, digest)
+            stored: Deferred[Any] = client.run(client.head, key)
+            if check:
+                touched = Deferred.fromCoroutine(touchAll(client, self._uses, references))
+                found, head = await allOf([touched, stored])
+                missing = [d for d, ok in zip(named, found, strict=True) if not ok]
+                if missing:
+                    return FencedStore(missing[0], [])
+            else:
+                head = await stored
+            if head is None:
+                await self.putTaggedManifest(
+                    repository, tags, digest, mediaType, content, subject, descriptor
+                )
+            else:
+                await allOf(
+                    [ensureDeferred(self.setTag(repository, tag, digest)) for tag in tags]
+                    + [client.run(self._uses.recordUse, key)]
+                )
+            everything = [*references, key]
+            if check and not await client.run(self._uses.collecting):
+                heads = await allOf([client.run(client.head, k) for k in everything])
+                found = [h is not None for h in heads]
+            else:
+                found = await touchAll(client, self._uses, everything)
+            lost = [d for d, ok in zip([*named, digest], found, strict=True) if not ok]
+            return FencedStore(None, list(dict.fromkeys(lost)))
+
+        return Deferred.fromCoroutine(store())
 
     def _register(self, repository: str) -> Deferred[None]:
         """
