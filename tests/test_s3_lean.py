@@ -212,11 +212,13 @@ class _Reads:
     the keys left to the pool path.
     """
 
-    def __init__(self, endpoint: str, connections: int = 4, timeout: float = 10.0) -> None:
+    def __init__(
+        self, endpoint: str, connections: int = 4, timeout: float = 10.0, credentials: Any = None
+    ) -> None:
         from twisted.internet import reactor
 
         self.fellBack: list[str] = []
-        lean, _ = _lean(endpoint)
+        lean, _ = _lean(endpoint, credentials)
         self.reads = ReactorReads(reactor, lean, self._fallback, connections, timeout)
 
     def _fallback(self, key: str) -> Deferred[Any]:
@@ -322,3 +324,27 @@ async def test_reactorReadTimesOut() -> None:
         reads.reads.close()
     finally:
         listener.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactorReadsLeaveRefreshToThePool(store: tuple[str, type[_Store]]) -> None:
+    """Credentials due for a refresh (a network call) send the read to the pool, never block the reactor."""
+    endpoint, handler = store
+
+    refreshed: list[bool] = []
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+
+    def refresh() -> dict[str, str]:
+        refreshed.append(True)
+        return {"access_key": "NEWKEY", "secret_key": "S", "token": "T", "expiry_time": soon}
+
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    credentials = RefreshableCredentials.create_from_metadata(
+        {"access_key": "OLDKEY", "secret_key": "S", "token": "T", "expiry_time": past}, refresh, "test"
+    )
+    reads = _Reads(endpoint, credentials=credentials)
+    try:
+        assert (await reads.get("k"))[0] == b"from the pool"
+        assert reads.fellBack == ["k"] and handler.seen == [] and refreshed == []
+    finally:
+        reads.reads.close()

@@ -188,6 +188,14 @@ class LeanS3:
                 raise error
             self._backOff(attempt)
 
+    def mayBlock(self) -> bool:
+        """
+        Whether signing now may block: credentials that must be refreshed
+        (from an instance role, say) are fetched over the network.
+        """
+        refreshNeeded = getattr(self._credentials, "refresh_needed", None)
+        return refreshNeeded is not None and bool(refreshNeeded())
+
     def url(self, key: str) -> str:
         return self._base + quote(key, safe="/~")
 

@@ -191,6 +191,9 @@ class ReactorReads:
         The object's bytes and response (as L{LeanS3.get} gives them), or
         L{None} if it is missing.
         """
+        if self._lean.mayBlock():
+            # Credentials are refreshed in the pool, never on the reactor.
+            return self._fallback(key)
         url = self._lean.url(key)
         try:
             prepared = self._lean.signed("GET", url, b"", {})
