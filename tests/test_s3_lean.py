@@ -75,7 +75,9 @@ def store() -> Iterator[tuple[str, type[_Store]]]:
         thread.join(10)
 
 
-def _lean(endpoint: str, credentials: Any = None, attempts: int = 3) -> tuple[LeanS3, list[float]]:
+def _lean(
+    endpoint: str, credentials: Any = None, attempts: int = 3, clientConfig: Any = None
+) -> tuple[LeanS3, list[float]]:
     slept: list[float] = []
     lean = LeanS3(
         URLLib3Session(timeout=(5, 10)),
@@ -85,6 +87,7 @@ def _lean(endpoint: str, credentials: Any = None, attempts: int = 3) -> tuple[Le
         "us-east-1",
         attempts,
         sleep=slept.append,
+        clientConfig=clientConfig,
     )
     return lean, slept
 
@@ -106,6 +109,17 @@ def test_signedPathStyleRequests(store: tuple[str, type[_Store]]) -> None:
     assert headers["content-type"] == "text/plain"
     assert headers["x-amz-meta-subject"] == "s"
     assert "expect" not in headers
+
+
+def test_payloadSignedAsTheClientIsConfigured(store: tuple[str, type[_Store]]) -> None:
+    """With the boto3 client's payload signing off, bodies go unhashed (UNSIGNED-PAYLOAD), as boto3 does."""
+    from botocore.config import Config
+
+    endpoint, handler = store
+    lean, _ = _lean(endpoint, clientConfig=Config(s3={"payload_signing_enabled": False}))
+    lean.put("tail", b"x" * 1000)
+    assert handler.seen[0][2]["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert handler.seen[0][3] == b"x" * 1000
 
 
 def test_responsesShapedLikeBoto3(store: tuple[str, type[_Store]]) -> None:

@@ -138,6 +138,7 @@ class S3Config:
             self.endpoint,
             client.meta.region_name,
             attempts,
+            clientConfig=client.meta.config,
         )
 
     def _newClient(self, connections: int, attempts: int, timeout: float) -> Any:

@@ -119,6 +119,7 @@ class LeanS3:
         region: str,
         attempts: int = 3,
         sleep: Callable[[float], None] = time.sleep,
+        clientConfig: Any = None,
     ) -> None:
         self._http = http
         self._credentials = credentials
@@ -126,6 +127,9 @@ class LeanS3:
         self._region = region
         self._attempts = max(1, attempts)
         self._sleep = sleep
+        # The boto3 client's configuration, which the signer reads (whether
+        # to sign payloads, say): requests here are signed as boto3 would.
+        self._clientConfig = clientConfig
         self.observers: list[Callable[[str, str, Mapping[str, str]], None]] = []
 
     def get(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
@@ -208,6 +212,8 @@ class LeanS3:
         if credentials is None:
             raise NoCredentialsError()
         request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
+        if self._clientConfig is not None:
+            request.context["client_config"] = self._clientConfig
         S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
         prepared = request.prepare()
         for observer in self.observers:
