@@ -20,7 +20,7 @@ class Event:
     """
     One call: C{kind} is the os function's name, C{path} the file or
     directory it acted on (for fsync, the path its descriptor was opened
-    with), C{target} the new name of a rename.
+    with), C{target} the new name of a rename or link.
     """
 
     kind: str
@@ -31,8 +31,8 @@ class Event:
 @dataclass
 class OSRecorder:
     """
-    Wraps C{os.open}, C{write}, C{fsync}, C{rename}, C{mkdir}, C{unlink} and
-    C{close}, calling the real ones and recording each call, from any
+    Wraps C{os.open}, C{write}, C{fsync}, C{rename}, C{link}, C{mkdir},
+    C{unlink} and C{close}, calling the real ones and recording each call, from any
     thread, in one list.  The test adds its own marks (an acknowledged
     response) with L{mark}.
     """
@@ -44,7 +44,7 @@ class OSRecorder:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> OSRecorder:
         real = {
             name: getattr(os, name)
-            for name in ["open", "close", "write", "fsync", "rename", "mkdir", "unlink"]
+            for name in ["open", "close", "write", "fsync", "rename", "link", "mkdir", "unlink"]
         }
 
         def record(kind: str, path: str, target: str | None = None) -> None:
@@ -75,7 +75,7 @@ class OSRecorder:
             def call(path: Any, *args: Any, **kwargs: Any) -> Any:
                 result = real[kind](path, *args, **kwargs)
                 if isinstance(path, str | os.PathLike):
-                    target = args[0] if kind == "rename" else None
+                    target = args[0] if kind in ("rename", "link") else None
                     record(kind, os.fspath(path), target and os.fspath(target))
                 return result
 
@@ -85,7 +85,7 @@ class OSRecorder:
         monkeypatch.setattr(os, "close", closed)
         for kind in ["write", "fsync"]:
             monkeypatch.setattr(os, kind, onDescriptor(kind))
-        for kind in ["rename", "mkdir", "unlink"]:
+        for kind in ["rename", "link", "mkdir", "unlink"]:
             monkeypatch.setattr(os, kind, onPaths(kind))
         return self
 
@@ -107,7 +107,9 @@ class OSRecorder:
         a temp file, that file fsynced after its last write, renamed onto
         C{path}, the parent directory fsynced after the rename, and every
         directory created on the way fsynced in its parent after creation.
-        Empty when nothing is missing.
+        A temp file that is a hard link to another file needs that file
+        fsynced after its last write, before the rename.  Empty when nothing
+        is missing.
         """
         path = os.path.abspath(path)
         events = self.events[:before]
@@ -116,6 +118,9 @@ class OSRecorder:
             return [f"no rename onto {path}"]
         renamed = renames[-1]
         temp = events[renamed].path
+        links = [e.path for e in events[:renamed] if e.kind == "link" and e.target == temp]
+        if links:
+            temp = links[-1]
         problems = []
         writes = [i for i, e in enumerate(events[:renamed]) if e.kind == "write" and e.path == temp]
         lastWrite = writes[-1] if writes else -1

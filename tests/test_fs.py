@@ -106,15 +106,45 @@ async def test_layout(root: Path, store: FilesystemBlobStore, manifests: Filesys
     await manifests.setTag("library/ubuntu", "latest", mdigest)
     stored = (ubuntu / "_manifests" / "sha256" / mdigest.split(":")[1]).read_bytes()
     header, _, body = stored.partition(b"\n")
-    assert json.loads(header) == {"mediaType": MANIFEST, "subject": subject}
+    assert json.loads(header) == {"digest": mdigest, "mediaType": MANIFEST, "subject": subject}
     assert body == content
     assert (ubuntu / "_tags" / "latest").read_text() == mdigest + "\n"
+    # A tag stored with its manifest is a second name of the manifest file.
+    tagged = b'{"m": 2}'
+    await manifests.putTaggedManifest("library/ubuntu", ["v2"], sha256(tagged), MANIFEST, tagged, None, {})
+    manifestFile = ubuntu / "_manifests" / "sha256" / sha256(tagged).split(":")[1]
+    assert (ubuntu / "_tags" / "v2").stat().st_ino == manifestFile.stat().st_ino
+    assert await manifests.resolveTag("library/ubuntu", "v2") == sha256(tagged)
     referrer = ubuntu / "_referrers" / "sha256" / subject.split(":")[1]
     assert json.loads((referrer / f"sha256-{mdigest.split(':')[1]}.json").read_text()) == {"a": 1}
     assert (root / "catalog" / "library+ubuntu").exists()
     assert sorted(os.listdir(root)) == ["blobs", "catalog", "holders", "repositories", "tmp", "uploads"]
     assert os.listdir(root / "tmp") == []
     assert os.listdir(root / "uploads") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_rootsOfEarlierVersionsRead(root: Path, manifests: FilesystemManifestBackend) -> None:
+    """A manifest header without a digest and a tag file holding one are read, retagged, deleted."""
+    content = b'{"old": 1}'
+    digest = sha256(content)
+    repo = root / "repositories" / "repo"
+    (repo / "_manifests" / "sha256").mkdir(parents=True)
+    (repo / "_tags").mkdir()
+    header = json.dumps({"mediaType": MANIFEST, "subject": None}).encode()
+    (repo / "_manifests" / "sha256" / digest.split(":")[1]).write_bytes(header + b"\n" + content)
+    (repo / "_tags" / "old").write_text(digest + "\n")
+    (root / "catalog" / "repo").write_bytes(b"")
+    assert await manifests.resolveTag("repo", "old") == digest
+    assert await manifests.getManifest("repo", digest) == (MANIFEST, content)
+    await manifests.setTag("repo", "new", digest)
+    assert (repo / "_tags" / "new").read_text() == digest + "\n"
+    # Stored again with a tag: rewritten with the digest in its header, the tag a link to it.
+    await manifests.putTaggedManifest("repo", ["newer"], digest, MANIFEST, content, None, {})
+    assert await manifests.resolveTag("repo", "newer") == digest
+    assert await manifests.getManifest("repo", digest) == (MANIFEST, content)
+    assert await manifests.deleteManifest("repo", digest)
+    assert await manifests.listTags("repo", None, 10) == []
 
 
 @pytest_twisted.ensureDeferred

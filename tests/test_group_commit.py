@@ -40,7 +40,7 @@ def manifests(count: int) -> list[bytes]:
 
 @pytest_twisted.ensureDeferred
 async def test_everyAcknowledgedPutIsDurable(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each concurrent manifest PUT's manifest, tag and catalog entry are durable before its 201."""
+    """Each concurrent PUT's manifest, tag (after its manifest) and catalog entry are durable by its 201."""
     manifestBackend, blobs = makeBackends("fs", root)
     client = StubClient(Registry(manifestBackend, blobs))
     await pushBlob(client, "repo", b"{}")
@@ -69,6 +69,24 @@ async def test_everyAcknowledgedPutIsDurable(root: Path, monkeypatch: pytest.Mon
             root / "catalog" / "repo",
         ]:
             assert recorder.durableBefore(str(path), acks[i]) == []
+    events = recorder.events
+    for i, body in enumerate(bodies):
+        # The tag (a second name of the manifest file) is renamed into place
+        # only after the manifest's own name is durable.
+        manifest = str(repo / "_manifests" / "sha256" / digestOf(body).partition(":")[2])
+        stored = next(n for n, e in enumerate(events) if e.kind == "rename" and e.target == manifest)
+        synced = next(
+            n
+            for n, e in enumerate(events)
+            if n > stored and e.kind == "fsync" and e.path == os.path.dirname(manifest)
+        )
+        tagged = next(
+            n
+            for n, e in enumerate(events)
+            if e.kind == "rename" and e.target == str(repo / "_tags" / f"t{i}")
+        )
+        assert synced < tagged
+        assert os.stat(repo / "_tags" / f"t{i}").st_ino == os.stat(manifest).st_ino
     # The tags went into one directory in fewer passes than there were PUTs.
     assert recorder.count("fsync", str(repo / "_tags")) < CLIENTS
 

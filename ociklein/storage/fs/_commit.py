@@ -34,6 +34,7 @@ from ociklein.storage.fs._durable import (
     createTemp,
     ensureDir,
     fsyncDir,
+    linkTemp,
     removeQuietly,
     startWriteback,
     writeAll,
@@ -45,11 +46,16 @@ class Put:
     """
     Replace C{path} with C{data}, or, if C{onlyIfMissing}, create it unless
     it is already there (an empty marker such as a link or catalog entry).
+    With C{sameAs}, the path of a L{Put} of an earlier stage of the same
+    request, C{path} becomes a hard link to that file instead (C{data} is
+    then unused): it costs no write and no fsync of its own, since its
+    data is the other file's, fsynced before any rename.
     """
 
     path: str
     data: bytes
     onlyIfMissing: bool = False
+    sameAs: str | None = None
 
 
 Stage = Sequence[Put]
@@ -110,17 +116,23 @@ class _Request:
 def _write(root: str, request: _Request) -> None:
     """
     Write a temp file for each file the request will rename into place,
-    skipping markers that already exist.
+    skipping markers that already exist; a L{Put} C{sameAs} another is a
+    second name (a hard link) of that one's temp file.
     """
     request.stages = request.prepare()
+    written: dict[str, str] = {}
     for stage in request.stages:
         temps: list[_Temp] = []
         request.temps.append(temps)
         for put in stage:
+            if put.sameAs is not None:
+                temps.append(_Temp(linkTemp(root, written[put.sameAs]), put.path, None))
+                continue
             if put.onlyIfMissing and os.path.exists(put.path):
                 continue
             fd, path = createTemp(root)
             temps.append(_Temp(path, put.path, fd))
+            written[put.path] = path
             writeAll(fd, put.data)
 
 

@@ -95,6 +95,20 @@ def createTemp(root: str, suffix: str = ".tmp") -> tuple[int, str]:
         return fd, path
 
 
+def linkTemp(root: str, source: str) -> str:
+    """
+    A new name in C{root/tmp} for the file C{source} (a hard link), to be
+    renamed into place as a second name of the same data.
+    """
+    while True:
+        path = os.path.join(root, "tmp", secrets.token_hex(16) + ".tmp")
+        try:
+            os.link(source, path)
+        except FileExistsError:
+            continue
+        return path
+
+
 def removeQuietly(path: str) -> None:
     """
     Remove a file that may already be gone.

@@ -57,12 +57,18 @@ _REFERRER = re.compile(r"(sha256|sha512)-([a-f0-9]+)\.json")
 _HEADER_LIMIT = 65536
 
 
-def _encodeManifest(mediaType: str, subject: str | None, content: bytes) -> bytes:
+# A stored manifest starts with its digest, so that a tag can be a hard link
+# to it (see _Push.stages) and read like a tag file.
+_DIGEST_FIRST = b'{"digest": "'
+
+
+def _encodeManifest(digest: str, mediaType: str, subject: str | None, content: bytes) -> bytes:
     """
     One JSON header line, then the manifest's exact bytes: one file, so the
-    media type and subject are replaced atomically with the content.
+    media type and subject are replaced atomically with the content.  The
+    digest comes first in the header (files written before it have none).
     """
-    header = json.dumps({"mediaType": mediaType, "subject": subject})
+    header = json.dumps({"digest": digest, "mediaType": mediaType, "subject": subject})
     return header.encode() + b"\n" + content
 
 
@@ -84,14 +90,21 @@ def _decodeManifest(data: bytes) -> tuple[str, bytes]:
 
 
 def _readTag(path: str) -> str | None:
+    """
+    The digest a tag names: the tag file holds it, or the tag is a second
+    name of the manifest file itself, whose header starts with it.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        text = os.read(fd, 256).decode("ascii", "replace").strip()
+        data = os.read(fd, 256)
     finally:
         os.close(fd)
+    if data.startswith(_DIGEST_FIRST):
+        data = data[len(_DIGEST_FIRST) :].partition(b'"')[0]
+    text = data.decode("ascii", "replace").strip()
     return text if isDigest(text) else None
 
 
@@ -186,7 +199,7 @@ class _Push:
         if subject is not None:
             checkDigest(subject)
         tags = [checkTag(tag) for tag in tags]
-        data = _encodeManifest(mediaType, subject, content)
+        data = _encodeManifest(digest, mediaType, subject, content)
         return cls(digest, data, subject, json.dumps(descriptor).encode(), tags)
 
     def stages(self, paths: _Paths, manifest: str | None) -> list[list[Put]]:
@@ -195,13 +208,16 @@ class _Push:
         referrers entry and tags, each stage durable before the next: after
         a crash the referrers index may lag behind the manifests and a tag
         may not have moved yet, but neither points at a missing manifest.
+        A tag stored with its manifest is a hard link to the manifest file:
+        one file fewer to write and fsync per PUT.
         """
         stored, after = [], []
+        tag = self.digest.encode() + b"\n"
         if manifest is not None:
             stored.append(Put(manifest, self.data))
             if self.subject is not None:
                 after.append(Put(paths.referrer(self.subject, self.digest), self.referrer))
-        after += [Put(paths.tag(tag), self.digest.encode() + b"\n") for tag in self.tags]
+        after += [Put(paths.tag(name), tag, sameAs=manifest) for name in self.tags]
         return [[paths.register()], stored, after]
 
 
