@@ -238,11 +238,11 @@ def collectingAfterStore(manifests: Any, path: str) -> Callable[[], list[bool]]:
     root, committer = manifests._root, manifests._committer
     real, removed = committer.run, []
 
-    def run(prepare: Callable[[], Any], finish: Callable[[], Any]) -> Any:
-        def collectThenFinish() -> Any:
+    def run(prepare: Callable[[Any], Any], finish: Callable[[Any], Any]) -> Any:
+        def collectThenFinish(shared: Any) -> Any:
             if not removed:
                 removed.append(fencedRemove(path, storageNow(root) + 1))
-            return finish()
+            return finish(shared)
 
         return real(prepare, collectThenFinish)
 

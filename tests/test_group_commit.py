@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
 from ociklein import Registry
-from ociklein.storage.fs._commit import GroupCommitter, Put
+from ociklein.storage.fs._commit import GroupCommitter, Put, Shared
 
 CLIENTS = 8
 
@@ -89,6 +89,37 @@ async def test_everyAcknowledgedPutIsDurable(root: Path, monkeypatch: pytest.Mon
         assert os.stat(repo / "_tags" / f"t{i}").st_ino == os.stat(manifest).st_ino
     # The tags went into one directory in fewer passes than there were PUTs.
     assert recorder.count("fsync", str(repo / "_tags")) < CLIENTS
+
+
+@pytest_twisted.ensureDeferred
+async def test_batchUsesEachBlobOncePerStep(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent PUTs of one batch record a shared blob's use once before and once after the store."""
+    manifestBackend, blobs = makeBackends("fs", root)
+    client = StubClient(Registry(manifestBackend, blobs))
+    await pushBlob(client, "repo", b"{}")
+    layer = await pushBlob(client, "repo", b"layer")
+    hexdigest = layer.partition(":")[2]
+    blob = str(root / "blobs" / "sha256" / hexdigest[:2] / hexdigest)
+    uses: list[str] = []
+    realUtime = os.utime
+
+    def utime(path: Any, *args: Any, **kwargs: Any) -> None:
+        uses.append(os.fspath(path))
+        realUtime(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", utime)
+    puts = [
+        Deferred.fromCoroutine(
+            client.request(
+                "PUT", f"/v2/repo/manifests/t{i}", data=body, headers={"Content-Type": OCI_MANIFEST}
+            )
+        )
+        for i, body in enumerate(manifests(CLIENTS))
+    ]
+    responses = await DeferredList(puts, fireOnOneErrback=True)
+    assert [response.code for _, response in responses] == [201] * CLIENTS
+    # Without sharing: two uses per PUT.  Batches form after the first one.
+    assert 2 <= uses.count(blob) < CLIENTS
 
 
 class _CountingReactor:
@@ -235,3 +266,21 @@ def test_oneFailureFailsOnlyItsWriter(root: Path, monkeypatch: pytest.MonkeyPatc
     assert isinstance(bad[0], Failure) and bad[0].value.errno == errno.ENOSPC
     assert sorted(os.listdir(root / "d")) == ["first", "good"]
     assert os.listdir(root / "tmp") == []
+
+
+def test_directoryGoneSinceCheckedIsMadeAgain(root: Path) -> None:
+    """A directory the batch found already, gone by its file's rename, is made again, the write kept."""
+    (root / "tmp").mkdir(parents=True)
+    reactor = _ManualReactor()
+    committer = GroupCommitter(str(root), reactor)  # type: ignore[arg-type]
+    target = root / "gone" / "file"
+
+    def prepare(shared: Shared) -> list[list[Put]]:
+        # As if checked by an earlier request of the batch, then removed.
+        shared.directories.add(str(target.parent))
+        return [[Put(str(target), b"kept")]]
+
+    done = _fired(committer.run(prepare, lambda shared: "stored"))
+    reactor.pool.runOne()
+    assert done == ["stored"]
+    assert target.read_bytes() == b"kept"

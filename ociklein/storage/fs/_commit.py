@@ -74,7 +74,22 @@ class _Temp:
     fd: int | None
 
 
-def _nothing() -> None:
+@dataclass
+class Shared:
+    """
+    What the requests of one batch share in its thread, so that work they
+    have in common is done once per batch, not once per request: the
+    directories found to be real directories (no symlink on the way), and
+    the uses recorded since the batch's step began (C{path} to whether the
+    use succeeded).  Uses are forgotten between the preparation and the
+    finish: a use before the store never stands for one after it.
+    """
+
+    directories: set[str] = field(default_factory=set)
+    uses: dict[str, bool] = field(default_factory=dict)
+
+
+def _nothing(shared: Shared) -> None:
     return None
 
 
@@ -88,8 +103,8 @@ class _Request:
     once they are all durable, and what it returns is the caller's result.
     """
 
-    prepare: Callable[[], Sequence[Stage]]
-    finish: Callable[[], object] = _nothing
+    prepare: Callable[[Shared], Sequence[Stage]]
+    finish: Callable[[Shared], object] = _nothing
     stages: Sequence[Stage] = ()
     temps: list[list[_Temp]] = field(default_factory=list)
     error: BaseException | None = None
@@ -113,13 +128,13 @@ class _Request:
         self.temps = []
 
 
-def _write(root: str, request: _Request) -> None:
+def _write(root: str, shared: Shared, request: _Request) -> None:
     """
     Write a temp file for each file the request will rename into place,
     skipping markers that already exist; a L{Put} C{sameAs} another is a
     second name (a hard link) of that one's temp file.
     """
-    request.stages = request.prepare()
+    request.stages = request.prepare(shared)
     written: dict[str, str] = {}
     for stage in request.stages:
         temps: list[_Temp] = []
@@ -145,20 +160,26 @@ def _sync(request: _Request) -> None:
             os.close(fd)  # type: ignore[arg-type]
 
 
-def _rename(request: _Request, stage: int, touched: dict[str, list[_Request]]) -> None:
+def _rename(shared: Shared, request: _Request, stage: int, touched: dict[str, list[_Request]]) -> None:
     """
     Move the request's temp files of C{stage} into place, noting which
-    directories now need an fsync for whom.
+    directories now need an fsync for whom.  A directory the batch found
+    already is not looked for again, unless the rename finds it gone.
     """
     for temp in request.temps[stage] if stage < len(request.temps) else []:
         parent = os.path.dirname(temp.target)
-        ensureDir(parent)
-        os.rename(temp.path, temp.target)
+        if parent not in shared.directories:
+            ensureDir(parent)
+        try:
+            os.rename(temp.path, temp.target)
+        except FileNotFoundError:
+            ensureDir(parent)
+            os.rename(temp.path, temp.target)
         touched.setdefault(parent, []).append(request)
 
 
-def _finish(request: _Request) -> None:
-    request.result = request.finish()
+def _finish(shared: Shared, request: _Request) -> None:
+    request.result = request.finish(shared)
 
 
 def _each(requests: Sequence[_Request], step: Callable[[_Request], None]) -> None:
@@ -178,7 +199,8 @@ def commitBatch(root: str, requests: Sequence[_Request]) -> None:
     C{finish}.  A request that fails is marked failed and its temp files
     removed; the others go on.
     """
-    _each(requests, lambda request: _write(root, request))
+    shared = Shared()
+    _each(requests, partial(_write, root, shared))
     # Writeback of every temp file started before the first fsync: one
     # journal commit then carries them all (half the cost on ext4).
     for request in requests:
@@ -187,14 +209,15 @@ def commitBatch(root: str, requests: Sequence[_Request]) -> None:
     _each(requests, _sync)
     for stage in range(max((len(r.stages) for r in requests), default=0)):
         touched: dict[str, list[_Request]] = {}
-        _each(requests, partial(_rename, stage=stage, touched=touched))
+        _each(requests, partial(_rename, shared, stage=stage, touched=touched))
         for directory, writers in touched.items():
             try:
                 fsyncDir(directory)
             except Exception as e:
                 for request in writers:
                     request.fail(e)
-    _each(requests, _finish)
+    shared.uses.clear()
+    _each(requests, partial(_finish, shared))
 
 
 def atomicWrite(root: str, path: str, data: bytes) -> None:
@@ -204,7 +227,7 @@ def atomicWrite(root: str, path: str, data: bytes) -> None:
     one write on its own, for a caller already in a thread.
     """
     stages = [[Put(path, data)]]
-    request = _Request(lambda: stages)
+    request = _Request(lambda shared: stages)
     commitBatch(root, [request])
     if request.error is not None:
         raise request.error
@@ -229,14 +252,17 @@ class GroupCommitter:
         Write each stage's files durably, in order; fires once all of them
         and their directory entries are on stable storage.
         """
-        return self.run(lambda: stages, _nothing)
+        return self.run(lambda shared: stages, _nothing)
 
-    def run(self, prepare: Callable[[], Sequence[Stage]], finish: Callable[[], _T]) -> Deferred[_T]:
+    def run(
+        self, prepare: Callable[[Shared], Sequence[Stage]], finish: Callable[[Shared], _T]
+    ) -> Deferred[_T]:
         """
-        In the thread of the next batch: C{prepare()} for the stages to
-        write (an exception fails this request alone, nothing written),
-        then those writes as L{write} makes them, then C{finish()}; fires
-        with what C{finish} returns.  Both block, so they run in the pool.
+        In the thread of the next batch: C{prepare(shared)} for the stages
+        to write (an exception fails this request alone, nothing written),
+        then those writes as L{write} makes them, then C{finish(shared)};
+        fires with what C{finish} returns.  Both block, so they run in the
+        pool; C{shared} is the batch's L{Shared}.
         """
         done: Deferred[_T] = Deferred()
         self._waiting.append((_Request(prepare, finish), done))

@@ -62,14 +62,22 @@ def recordUse(path: str) -> bool:
     return True
 
 
-def recordUses(paths: Sequence[tuple[str, ...]]) -> list[int]:
+def recordUses(paths: Sequence[tuple[str, ...]], recorded: dict[str, bool] | None = None) -> list[int]:
     """
     L{recordUse} each group of paths; the indexes of groups with a path
-    missing.
+    missing.  C{recorded} holds uses made just before (path to result), by
+    the same thread for writes that are all on stable storage already: a
+    path there is not used again, and new uses are added to it.
     """
+    recorded = {} if recorded is None else recorded
     missing = []
     for i, group in enumerate(paths):
-        if not all([recordUse(path) for path in group]):
+        found = True
+        for path in group:
+            if (used := recorded.get(path)) is None:
+                used = recorded[path] = recordUse(path)
+            found = found and used
+        if not found:
             missing.append(i)
     return missing
 

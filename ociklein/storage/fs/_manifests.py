@@ -24,14 +24,13 @@ from ociklein.interfaces import FencedStore, IFencedManifestBackend, StoredItem
 from ociklein.storage._threads import inThread, resolveReactor
 from ociklein.storage.fs._blobs import FilesystemBlobStore
 from ociklein.storage.fs._cache import FileCache
-from ociklein.storage.fs._commit import GroupCommitter, Put, Stage
+from ociklein.storage.fs._commit import GroupCommitter, Put, Shared, Stage
 from ociklein.storage.fs._durable import fsyncDir, removeDurably
 from ociklein.storage.fs._listing import SortedListings
 from ociklein.storage.fs._maintenance import (
     fencedRemove,
     listItems,
     quarantine,
-    recordUse,
     recordUses,
     storageNow,
 )
@@ -112,17 +111,22 @@ class _Paths:
     """
     Where each thing of one repository lives; never through a symlink.
     Paths inside the repository are checked from its directory, which was
-    checked once from the root.
+    checked once from the root.  With C{directories} (a batch's L{Shared}),
+    a directory already checked in the batch is not checked again.
     """
 
-    def __init__(self, root: str, repository: str) -> None:
+    def __init__(self, root: str, repository: str, directories: set[str] | None = None) -> None:
         self.root = root
         self.repository = repository
-        self.directory = checkInside(root, repositoryPath(root, repository))
+        self._directories = directories
+        self.directory = checkInside(root, repositoryPath(root, repository), directories)
+
+    def _inside(self, path: str) -> str:
+        return checkInside(self.directory, path, self._directories)
 
     @property
     def catalog(self) -> str:
-        return checkInside(self.root, catalogPath(self.root, self.repository))
+        return checkInside(self.root, catalogPath(self.root, self.repository), self._directories)
 
     @property
     def manifests(self) -> str:
@@ -130,23 +134,23 @@ class _Paths:
 
     @property
     def tags(self) -> str:
-        return checkInside(self.directory, os.path.join(self.directory, "_tags"))
+        return self._inside(os.path.join(self.directory, "_tags"))
 
     def manifest(self, digest: str) -> str:
-        return checkInside(self.directory, digestPath(os.path.join(self.directory, "_manifests"), digest))
+        return self._inside(digestPath(os.path.join(self.directory, "_manifests"), digest))
 
     def tag(self, tag: str) -> str:
-        return checkInside(self.directory, os.path.join(self.directory, "_tags", tag))
+        return self._inside(os.path.join(self.directory, "_tags", tag))
 
     def link(self, digest: str) -> str:
-        return checkInside(self.directory, linkPath(self.directory, digest))
+        return self._inside(linkPath(self.directory, digest))
 
     def referrers(self, subject: str) -> str:
-        return checkInside(self.directory, digestPath(os.path.join(self.directory, "_referrers"), subject))
+        return self._inside(digestPath(os.path.join(self.directory, "_referrers"), subject))
 
     def referrer(self, subject: str, digest: str) -> str:
         name = digest.replace(":", "-") + ".json"
-        return checkInside(self.directory, os.path.join(self.referrers(subject), name))
+        return self._inside(os.path.join(self.referrers(subject), name))
 
     def registered(self) -> bool:
         """
@@ -233,11 +237,11 @@ class _Uses:
         self.groups: list[tuple[str, ...]] = [(paths.link(d), blobPath(paths.root, d)) for d in blobs]
         self.groups += [(paths.manifest(d),) for d in children]
 
-    def record(self) -> list[str]:
+    def record(self, shared: Shared) -> list[str]:
         """
-        Record them; the digests missing.
+        Record them, once per batch step; the digests missing.
         """
-        return [self.digests[i] for i in recordUses(self.groups)]
+        return [self.digests[i] for i in recordUses(self.groups, shared.uses)]
 
 
 def _subjectOf(path: str) -> str | None:
@@ -346,8 +350,8 @@ class FilesystemManifestBackend:
         self._committer = GroupCommitter(self._root, self._reactor)
         self._cache = FileCache()
 
-    def _paths(self, repository: str) -> _Paths:
-        return _Paths(self._root, checkRepository(repository))
+    def _paths(self, repository: str, directories: set[str] | None = None) -> _Paths:
+        return _Paths(self._root, checkRepository(repository), directories)
 
     def getManifest(self, repository: str, digest: str) -> Deferred[tuple[str, bytes] | None]:
         return maybeDeferred(self._getManifest, repository, digest)
@@ -390,11 +394,11 @@ class FilesystemManifestBackend:
         push = _Push.checked(repository, digest, tags, mediaType, content, subject, descriptor)
 
         # Path checks too in the committer's thread: nothing here on the reactor touches the disk.
-        def prepare() -> Sequence[Stage]:
-            paths = self._paths(repository)
+        def prepare(shared: Shared) -> Sequence[Stage]:
+            paths = self._paths(repository, shared.directories)
             return push.stages(paths, paths.manifest(digest))
 
-        await self._committer.run(prepare, lambda: None)
+        await self._committer.run(prepare, lambda shared: None)
 
     def putTaggedManifest(
         self,
@@ -430,25 +434,27 @@ class FilesystemManifestBackend:
         # committer's thread: one trip to the pool for the whole push.
         found: list[tuple[_Uses, str]] = []
 
-        def prepare() -> Sequence[Stage]:
+        def prepare(shared: Shared) -> Sequence[Stage]:
             push = _Push.checked(repository, digest, tags, mediaType, content, subject, descriptor)
             for d in (*blobs, *children):
                 checkDigest(d)
-            paths = self._paths(repository)
+            paths = self._paths(repository, shared.directories)
             uses, manifest = _Uses(paths, blobs, children), paths.manifest(digest)
             found.append((uses, manifest))
-            if check and (missing := uses.record()):
+            if check and (missing := uses.record(shared)):
                 raise _Unknown(missing[0])
             # Content-addressed: the same bytes again (another tag for one
             # image, a retry) have nothing new to store.
             return push.stages(paths, None if os.path.exists(manifest) else manifest)
 
-        def finish() -> FencedStore:
+        def finish(shared: Shared) -> FencedStore:
             # After the manifest and its tags are durable: what it references
             # first, then the manifest itself (docs/storage.md, "The fence").
+            # A use another request of the batch made in this step, after
+            # every store of the batch was durable, counts for this one too.
             uses, manifest = found[0]
-            lost = uses.record()
-            if not recordUse(manifest):
+            lost = uses.record(shared)
+            if recordUses([(manifest,)], shared.uses):
                 lost.append(digest)
             return FencedStore(None, lost)
 

@@ -52,11 +52,14 @@ def isDigest(text: str) -> bool:
     return isSupportedDigest(text)
 
 
-def checkInside(root: str, path: str) -> str:
+def checkInside(root: str, path: str, directories: set[str] | None = None) -> str:
     """
     Refuse (C{ELOOP}) a C{path} under C{root} that a symlink planted inside
     the root would lead elsewhere: every component that exists must be a
     real directory or file.  C{root} is absolute and has no symlinks.
+    C{directories} holds components already found to be directories (by
+    the same batch of writes), not looked at again; those found now are
+    added.
     """
     if not path.startswith(root + os.sep):
         if os.path.realpath(path) != path:
@@ -68,12 +71,16 @@ def checkInside(root: str, path: str) -> str:
     current = root
     for part in path[len(root) + 1 :].split(os.sep):
         current = os.path.join(current, part)
+        if directories is not None and current in directories:
+            continue
         try:
             mode = os.lstat(current).st_mode
         except (FileNotFoundError, NotADirectoryError):
             return path
         if stat.S_ISLNK(mode):
             raise OSError(errno.ELOOP, "a symbolic link inside the storage root is not followed", path)
+        if directories is not None and stat.S_ISDIR(mode):
+            directories.add(current)
     return path
 
 
