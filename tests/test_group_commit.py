@@ -284,3 +284,34 @@ def test_directoryGoneSinceCheckedIsMadeAgain(root: Path) -> None:
     reactor.pool.runOne()
     assert done == ["stored"]
     assert target.read_bytes() == b"kept"
+
+
+def test_failedFsyncFailsOnlyItsWriter(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of a batch's files fsynced together, one whose fsync fails fails its caller alone, leaving no temp."""
+    (root / "tmp").mkdir(parents=True)
+    reactor = _ManualReactor()
+    committer = GroupCommitter(str(root), reactor)  # type: ignore[arg-type]
+    _fired(committer.write([Put(str(root / "d" / "first"), b"1")]))
+    doomed: set[int] = set()
+    realWrite, realFsync = os.write, os.fsync
+
+    def write(fd: int, data: Any) -> int:
+        if bytes(data) == b"doomed":
+            doomed.add(fd)
+        return realWrite(fd, data)
+
+    def fsync(fd: int) -> None:
+        if fd in doomed:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        realFsync(fd)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fsync", fsync)
+    good = [_fired(committer.write([Put(str(root / "d" / f"good{i}"), b"fine")])) for i in range(3)]
+    bad = _fired(committer.write([Put(str(root / "d" / "bad"), b"doomed")]))
+    reactor.pool.runOne()
+    reactor.pool.runOne()
+    assert good == [[None]] * 3
+    assert isinstance(bad[0], Failure) and bad[0].value.errno == errno.EIO
+    assert sorted(os.listdir(root / "d")) == ["first", "good0", "good1", "good2"]
+    assert os.listdir(root / "tmp") == []
