@@ -211,19 +211,28 @@ def _fired(d: Deferred[Any]) -> list[Any]:
 
 
 def test_waitingWritesGoTogether(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writes queued behind a running batch go in one batch: one fsync per file, one per directory."""
+    """Writes queued behind a running batch form the next, same thread: one fsync per file and directory."""
     target = root / "dir"
     (root / "tmp").mkdir(parents=True)
     reactor = _ManualReactor()
     committer = GroupCommitter(str(root), reactor)  # type: ignore[arg-type]
-    first = _fired(committer.write([Put(str(target / "first"), b"1")]))
-    rest = [_fired(committer.write([Put(str(target / f"f{i}"), b"x")])) for i in range(5)]
-    assert len(reactor.pool.jobs) == 1  # the lone first write started at once; the others wait
+    rest: list[list[Any]] = []
+    recorder = OSRecorder()
+
+    def arriveMeanwhile(shared: Shared) -> list[list[Put]]:
+        rest.extend(_fired(committer.write([Put(str(target / f"f{i}"), b"x")])) for i in range(5))
+        return [[Put(str(target / "first"), b"1")]]
+
+    def thenRecord(shared: Shared) -> str:
+        recorder.install(monkeypatch)
+        return "first"
+
+    first = _fired(committer.run(arriveMeanwhile, thenRecord))
+    assert len(reactor.pool.jobs) == 1  # the lone first write started at once
     reactor.pool.runOne()
-    assert first == [None] and all(r == [] for r in rest)
-    recorder = OSRecorder().install(monkeypatch)
-    reactor.pool.runOne()
-    assert all(r == [None] for r in rest)
+    assert first == ["first"]
+    assert rest == [[None]] * 5
+    assert reactor.pool.jobs == []  # the next batch needed no new trip to the pool
     assert recorder.count("fsync") == 5 + 1
     assert recorder.count("fsync", str(target)) == 1
     assert sorted(os.listdir(target)) == ["f0", "f1", "f2", "f3", "f4", "first"]
@@ -260,7 +269,6 @@ def test_oneFailureFailsOnlyItsWriter(root: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(os, "write", failing)
     good = _fired(committer.write([Put(str(root / "d" / "good"), b"fine")]))
     bad = _fired(committer.write([Put(str(root / "d" / "bad"), b"doomed")]))
-    reactor.pool.runOne()
     reactor.pool.runOne()
     assert good == [None]
     assert isinstance(bad[0], Failure) and bad[0].value.errno == errno.ENOSPC
@@ -309,7 +317,6 @@ def test_failedFsyncFailsOnlyItsWriter(root: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(os, "fsync", fsync)
     good = [_fired(committer.write([Put(str(root / "d" / f"good{i}"), b"fine")])) for i in range(3)]
     bad = _fired(committer.write([Put(str(root / "d" / "bad"), b"doomed")]))
-    reactor.pool.runOne()
     reactor.pool.runOne()
     assert good == [[None]] * 3
     assert isinstance(bad[0], Failure) and bad[0].value.errno == errno.EIO

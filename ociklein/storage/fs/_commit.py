@@ -20,6 +20,7 @@ garbage collection): a manifest PUT then crosses to the thread pool once.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -268,12 +269,16 @@ class GroupCommitter:
     Runs L{commitBatch} in the reactor's thread pool, one batch at a time:
     a request arriving while a batch is being written joins the next one.
     An idle committer starts a request's batch at once, so a lone request
-    waits for nobody.
+    waits for nobody.  The thread that wrote a batch goes on with the next
+    one itself, while the reactor answers the callers of the last: no
+    batch waits for the reactor to hand it to a thread.
     """
 
     def __init__(self, root: str, reactor: IReactorThreads) -> None:
         self._root = root
         self._reactor = reactor
+        # Shared by the reactor (adding requests) and the batches' thread.
+        self._lock = threading.Lock()
         self._waiting: list[tuple[_Request, Deferred[Any]]] = []
         self._busy = False
 
@@ -295,26 +300,40 @@ class GroupCommitter:
         pool; C{shared} is the batch's L{Shared}.
         """
         done: Deferred[_T] = Deferred()
-        self._waiting.append((_Request(prepare, finish), done))
-        if not self._busy:
-            self._next()
+        with self._lock:
+            self._waiting.append((_Request(prepare, finish), done))
+            idle, self._busy = not self._busy, True
+        if idle:
+            inThread(self._reactor, self._drain)
         return done
 
-    def _next(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._busy = True
-        inThread(self._reactor, commitBatch, self._root, [r for r, _ in batch]).addBoth(self._finished, batch)
+    def _drain(self) -> None:
+        """
+        In a pool thread: write batches until none is waiting, each
+        batch's callers answered through the reactor as it ends.
+        """
+        while True:
+            with self._lock:
+                batch, self._waiting = self._waiting, []
+                if not batch:
+                    self._busy = False
+                    return
+            failure = None
+            try:
+                commitBatch(self._root, [request for request, _ in batch])
+            except BaseException:
+                failure = Failure()
+            self._reactor.callFromThread(_answer, batch, failure)  # type: ignore[attr-defined]
 
-    def _finished(self, result: object, batch: list[tuple[_Request, Deferred[Any]]]) -> None:
-        # Still busy while the callers go on: the writes their next steps
-        # make (a PUT's tag after its manifest) queue up and go together.
-        for request, done in batch:
-            if isinstance(result, Failure):
-                done.errback(result)
-            elif request.error is not None:
-                done.errback(Failure(request.error))
-            else:
-                done.callback(request.result)
-        self._busy = False
-        if self._waiting:
-            self._next()
+
+def _answer(batch: list[tuple[_Request, Deferred[Any]]], failure: Failure | None) -> None:
+    """
+    Fire each caller's Deferred with its result or why it failed.
+    """
+    for request, done in batch:
+        if failure is not None:
+            done.errback(failure)
+        elif request.error is not None:
+            done.errback(Failure(request.error))
+        else:
+            done.callback(request.result)
