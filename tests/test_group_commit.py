@@ -295,7 +295,7 @@ def test_directoryGoneSinceCheckedIsMadeAgain(root: Path) -> None:
 
 
 def test_failedFsyncFailsOnlyItsWriter(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Of a batch's files fsynced together, one whose fsync fails fails its caller alone, leaving no temp."""
+    """Of a batch's files, one whose fsync fails fails its caller alone, leaving no temp file."""
     (root / "tmp").mkdir(parents=True)
     reactor = _ManualReactor()
     committer = GroupCommitter(str(root), reactor)  # type: ignore[arg-type]

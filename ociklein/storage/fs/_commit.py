@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -162,35 +161,6 @@ def _sync(request: _Request) -> None:
             os.close(fd)  # type: ignore[arg-type]
 
 
-# Threads for the fsyncs of a batch's files, shared by every committer of
-# the process.  Once the first fsync's journal commit is done, ext4 still
-# flushes the disk's cache once for each further file fsynced after it;
-# fsyncs issued together share one flush instead (a flush already under
-# way carries those that arrive meanwhile).
-_SYNCERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ociklein-fsync")
-
-
-def _syncAll(requests: Sequence[_Request]) -> None:
-    """
-    Fsync and close every open temp file of the batch, all at once; a
-    request whose fsync fails fails alone.
-    """
-    pending = [
-        (request, temp) for request in requests if request.error is None for temp in request.openTemps()
-    ]
-    if len(pending) <= 1:
-        _each(requests, _sync)
-        return
-    syncs = [_SYNCERS.submit(os.fsync, temp.fd) for _, temp in pending]  # type: ignore[arg-type]
-    for (request, temp), sync in zip(pending, syncs, strict=True):
-        error = sync.exception()
-        if temp.fd is not None:
-            os.close(temp.fd)
-            temp.fd = None
-        if error is not None:
-            request.fail(error)
-
-
 def _rename(shared: Shared, request: _Request, stage: int, touched: dict[str, list[_Request]]) -> None:
     """
     Move the request's temp files of C{stage} into place, noting which
@@ -237,7 +207,7 @@ def commitBatch(root: str, requests: Sequence[_Request]) -> None:
     for request in requests:
         for temp in request.openTemps():
             startWriteback(temp.fd, 0, 0)  # type: ignore[arg-type]
-    _syncAll(requests)
+    _each(requests, _sync)
     for stage in range(max((len(r.stages) for r in requests), default=0)):
         touched: dict[str, list[_Request]] = {}
         _each(requests, partial(_rename, shared, stage=stage, touched=touched))
