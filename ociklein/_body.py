@@ -122,8 +122,8 @@ class BodyPipe:
                         self._end(result)
                         return
                     self.delivered += size
+                    self._coalesce = not inline[0]
                     if not inline[0]:
-                        self._coalesce = True
                         self._pump()
 
                 maybeDeferred(self._write, chunk).addBoth(wrote)
@@ -137,10 +137,12 @@ class BodyPipe:
 
     def _take(self) -> bytes:
         """
-        The next chunk; for a writer that has finished a write later than
+        The next chunk; when the writer finished its last write later than
         it started it (a thread, a slow disk), joined with the chunks that
         queued meanwhile, up to L{CHUNK_SIZE}: one write per MiB rather
-        than one per network read.
+        than one per network read.  A writer that takes chunks at once (one
+        that queues them for a thread of its own) gets them as they came,
+        with no copy on the reactor.
         """
         chunk = self._chunks.popleft()
         if not self._coalesce or not self._chunks or len(chunk) >= CHUNK_SIZE:

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.logger import Logger
 
@@ -381,11 +381,19 @@ class RegistryCore:
         except BlockingIOError:
             raise  # another process holds the session: nothing was written
         except OSError as e:
-            log.failure("upload {uploadId} failed to store", uploadId=upload.uploadId)
-            if e.errno not in _NOTHING_WRITTEN:
-                await self._abortQuietly(upload)
-            raise errors.forOSError(e) from None
+            await self._storeFailed(upload, e, "store")
         return upload.size
+
+    async def _storeFailed(self, upload: IUpload, e: OSError, what: str, keep: bool = True) -> NoReturn:
+        """
+        The store failed to write C{upload}'s data (or to hash or publish
+        it): end the session, unless C{keep} and the failure wrote nothing
+        (out of descriptors), and answer what the failure means.
+        """
+        log.failure("upload {uploadId} failed to {what}", uploadId=upload.uploadId, what=what)
+        if not keep or e.errno not in _NOTHING_WRITTEN:
+            await self._abortQuietly(upload)
+        raise errors.forOSError(e) from None
 
     async def _finish(self, name: str, upload: IUpload, digest: str) -> None:
         """
@@ -398,7 +406,14 @@ class RegistryCore:
             await upload.abort()
             raise
         algorithm, _, expected = digest.partition(":")
-        actual = await upload.digest(algorithm)
+        try:
+            # A store that writes behind (fs) reports the last append's
+            # failure here.
+            actual = await upload.digest(algorithm)
+        except BlockingIOError:
+            raise
+        except OSError as e:
+            await self._storeFailed(upload, e, "store")
         if actual != expected:
             await upload.abort()
             raise errors.digestInvalid(f"content hashes to {algorithm}:{actual}", digest)
@@ -407,9 +422,7 @@ class RegistryCore:
         except BlockingIOError:
             raise
         except OSError as e:
-            log.failure("upload {uploadId} failed to publish", uploadId=upload.uploadId)
-            await self._abortQuietly(upload)
-            raise errors.forOSError(e) from None
+            await self._storeFailed(upload, e, "publish", keep=False)
         await self.blobs.link(name, digest)
 
     def _expectDigest(self, upload: IUpload, digest: str) -> None:

@@ -67,7 +67,9 @@ class IUpload(Interface):
         Append C{data}.  The next write waits for this Deferred.
 
         A failure (for example L{OSError} with C{ENOSPC}) leaves the session
-        unusable; the caller aborts it.  A write while an earlier one is
+        unusable; the caller aborts it.  A store may write behind (fire once
+        the data is queued): its failure then fails the next C{write},
+        C{flush}, C{digest} or C{commit}.  A write while an earlier one is
         still under way (its request gone, its thread not yet done) fails
         with L{BlockingIOError} and writes nothing: the session is busy.
         """

@@ -5,6 +5,7 @@ restarts, expiry, crash and error handling, path safety and sharing a root.
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import json
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.application.internet import TimerService
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.task import Clock
 
 import ociklein.storage.fs._blobs
@@ -244,6 +245,7 @@ async def test_uploadSurvivesRestart(makeStore: Callable[[], FilesystemBlobStore
     first = makeStore()
     upload = await first.startUpload("library/ubuntu")
     await upload.write(b"before restart, ")
+    await upload.flush()
     first.close()
 
     second = makeStore()
@@ -264,9 +266,11 @@ async def test_sessionAppendedElsewhere(makeStore: Callable[[], FilesystemBlobSt
     one, two = makeStore(), makeStore()
     upload = await one.startUpload("repo")
     await upload.write(b"from one; ")
+    await upload.flush()
     upload.close()
     elsewhere = await found(two, upload.uploadId)
     await elsewhere.write(b"from two")
+    await elsewhere.flush()
     elsewhere.close()
     again = await found(one, upload.uploadId)
     data = b"from one; from two"
@@ -281,6 +285,7 @@ async def test_sessionInUseElsewhereIsRefused(makeStore: Callable[[], Filesystem
     one, two = makeStore(), makeStore()
     upload = await one.startUpload("repo")
     await upload.write(b"one")
+    await upload.flush()
     elsewhere = await found(two, upload.uploadId)
     with pytest.raises(BlockingIOError):
         await elsewhere.write(b"two")
@@ -405,22 +410,26 @@ async def test_abortRemovesData(root: Path, store: FilesystemBlobStore) -> None:
 async def test_writeError(
     root: Path, store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    """A failing os.write fails write(), the session refuses more, abort cleans up."""
+    """A failing append fails the flush after it (its write was only queued), the session
+    refuses more writes, digest and commit, and abort cleans up."""
     upload = await store.startUpload("repo")
     await upload.write(b"fine ")
 
-    def failing(fd: int, data: Any) -> None:
-        os.write(fd, bytes(data[:4]))  # part of the chunk lands, then the disk fails
+    def failing(fd: int, parts: list[bytes]) -> None:
+        os.write(fd, parts[0][:4])  # part of the chunk lands, then the disk fails
         raise OSError(code, os.strerror(code))
 
     # Not os.write itself: the reactor's thread waker writes with it too.
-    monkeypatch.setattr(ociklein.storage.fs._blobs, "writeAll", failing)
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "writeParts", failing)
+    await upload.write(b"this does not fit")
     with pytest.raises(OSError) as raised:
-        await upload.write(b"this does not fit")
+        await upload.flush()
     assert raised.value.errno == code
     monkeypatch.undo()
     with pytest.raises(OSError):
         await upload.write(b"more")
+    with pytest.raises(OSError):
+        await upload.digest("sha256")
     with pytest.raises(OSError):
         await upload.commit(sha256(b"fine this does not fit"))
     await upload.abort()
@@ -838,6 +847,7 @@ async def test_unresumableUploadLeftByADeadWriterIsRemovedAtStartup(
     first = makeStore()
     upload = await first.startUpload("repo", resumable=False)
     await upload.write(b"x" * 4096)
+    await upload.flush()
     assert await first.getUpload(upload.uploadId) is None
     makeStore()  # a second process starting meanwhile leaves the live upload alone
     assert any(name.endswith(".upload") for name in os.listdir(root / "tmp"))
@@ -963,16 +973,17 @@ async def test_uploadWritesRunOffTheReactorThread(
     threadsSeen: list[bool] = []
     realAppend = ociklein.storage.fs._blobs._append
 
-    def recording(fd: int, data: bytes, sha: Any) -> None:
+    def recording(fd: int, parts: list[bytes], size: int, sha: Any) -> None:
         threadsSeen.append(threading.current_thread() is threading.main_thread())
-        realAppend(fd, data, sha)
+        realAppend(fd, parts, size, sha)
 
     monkeypatch.setattr(ociklein.storage.fs._blobs, "_append", recording)
     upload = await store.startUpload("repo")
     await upload.write(b"a" * 100_000)
     await upload.write(b"b" * 100_000)
-    assert threadsSeen == [False, False]
     assert upload.size == 200_000
+    await upload.flush()
+    assert threadsSeen and not any(threadsSeen)
     assert await upload.digest("sha256") == hashlib.sha256(b"a" * 100_000 + b"b" * 100_000).hexdigest()
 
 
@@ -984,10 +995,10 @@ async def test_abortWaitsForAWriteInFlight(
     started, release = threading.Event(), threading.Event()
     realAppend = ociklein.storage.fs._blobs._append
 
-    def slow(fd: int, data: bytes, sha: Any) -> None:
+    def slow(fd: int, parts: list[bytes], size: int, sha: Any) -> None:
         started.set()
         release.wait(10)
-        realAppend(fd, data, sha)
+        realAppend(fd, parts, size, sha)
 
     monkeypatch.setattr(ociklein.storage.fs._blobs, "_append", slow)
     upload = await store.startUpload("repo")
@@ -999,6 +1010,113 @@ async def test_abortWaitsForAWriteInFlight(
     await writing
     await aborting
     assert files(root / "uploads") == set()
+
+
+def _gatedAppends(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[list[bytes]]]:
+    """
+    Make the writer thread wait for the returned event before each append,
+    and record the parts each append is given.
+    """
+    release = threading.Event()
+    batches: list[list[bytes]] = []
+    realAppend = ociklein.storage.fs._blobs._append
+
+    def gated(fd: int, parts: list[bytes], size: int, sha: Any) -> None:
+        release.wait(10)
+        batches.append(list(parts))
+        realAppend(fd, parts, size, sha)
+
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "_append", gated)
+    return release, batches
+
+
+@pytest_twisted.ensureDeferred
+async def test_writesAreQueuedAndAppendedTogether(
+    store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes return once queued, while the thread is busy, and what queued meanwhile is
+    appended in one system call, hashed as it was written."""
+    release, batches = _gatedAppends(monkeypatch)
+    upload = await store.startUpload("repo")
+    pieces = [bytes([n]) * 10_000 for n in range(8)]
+    for piece in pieces:
+        assert upload.write(piece).called
+    assert upload.size == 80_000
+    release.set()
+    await upload.flush()
+    # The thread took the first piece, or all of them if it started late.
+    assert len(batches) <= 2
+    assert [part for batch in batches for part in batch] == pieces
+    assert await upload.digest("sha256") == hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writeWaitsWhileTheQueueIsFull(
+    store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that takes the queue past its bound fires only once the thread has caught up,
+    and another write meanwhile is refused as busy: a slow disk slows the client down."""
+    release, batches = _gatedAppends(monkeypatch)
+    upload = await store.startUpload("repo")
+    limit = ociklein.storage.fs._blobs._QUEUED
+    assert upload.write(b"a" * limit).called
+    full = upload.write(b"b")
+    assert not full.called
+    with pytest.raises(BlockingIOError):
+        await upload.write(b"c")
+    release.set()
+    await full
+    await upload.flush()
+    assert upload.size == limit + 1
+    assert sum(len(part) for batch in batches for part in batch) == limit + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_waitingWriteResumesOnceHalfTheQueueIsFree(
+    store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write waiting for room fires once half the queue is free, not after the first
+    batch: the pipe then hands over megabytes as they come instead of joining one per batch."""
+    batch = ociklein.storage.fs._blobs._BATCH
+    limit = ociklein.storage.fs._blobs._QUEUED
+    gate = threading.Semaphore(0)
+    realAppend = ociklein.storage.fs._blobs._append
+
+    def oneBatchPerRelease(fd: int, parts: list[bytes], size: int, sha: Any) -> None:
+        gate.acquire(timeout=10)
+        realAppend(fd, parts, size, sha)
+
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "_append", oneBatchPerRelease)
+    upload = await store.startUpload("repo")
+    for _ in range(limit // batch):
+        assert upload.write(b"m" * batch).called
+    waiting = upload.write(b"!")
+    queued = [limit + 1 - n * batch for n in range(1, limit // batch + 1)]
+    for left in queued:
+        gate.release()
+        deadline = time.monotonic() + 10
+        while upload._queued > left and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            await task.deferLater(reactor, 0.001, lambda: None)
+        assert waiting.called == (left <= limit // 2), left
+    gate.release()
+    await waiting
+    await upload.flush()
+    assert upload.size == limit + 1
+
+
+def test_writerThreadTakesTurns() -> None:
+    """One turn of an upload's writer thread appends about a turn's worth and leaves the
+    rest queued, so that one long upload does not hold a pool thread throughout."""
+    turn = ociklein.storage.fs._blobs._TURN
+    piece = b"x" * (1024 * 1024)
+    queue = collections.deque([piece] * (turn // len(piece) + 3))
+    wrote: list[int] = []
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        ociklein.storage.fs._blobs._drainQueue(fd, queue, hashlib.sha256(), wrote.append)
+    finally:
+        os.close(fd)
+    assert sum(wrote) == turn and len(queue) == 3
 
 
 @pytest_twisted.ensureDeferred

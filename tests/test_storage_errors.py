@@ -69,7 +69,7 @@ async def test_failed_write_during_upload(
     """A write failing mid-upload answers 507 for a full disk, 500 for EIO/EACCES, keeps no
     partial data, and reads go on."""
     kept = await pushBlob(fsClient, "repo", b"already here")
-    monkeypatch.setattr(ociklein.storage.fs._blobs, "writeAll", _fail(code))
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "writeParts", _fail(code))
     data = b"x" * 100_000
     response = await fsClient.request("POST", f"/v2/repo/blobs/uploads/?digest={digestOf(data)}", data=data)
     assert (response.code, errorCode(response)) == _ANSWERS[code]
@@ -80,6 +80,27 @@ async def test_failed_write_during_upload(
     assert not list((root / "uploads").iterdir())
     response = await fsClient.request("GET", f"/v2/repo/blobs/{kept}")
     assert response.code == 200 and response.body == b"already here"
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
+@pytest_twisted.ensureDeferred
+async def test_failed_last_write_of_chunked_upload(
+    fsClient: Any, root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """A write failing in the closing PUT's body (reported by the digest, the store writing
+    behind) answers 500 or 507 and ends the session, as a failure in a PATCH does."""
+    location = (await fsClient.request("POST", "/v2/repo/blobs/uploads/")).headers.getRawHeaders("Location")[
+        0
+    ]
+    first, last = b"first part" * 1000, b"last part" * 1000
+    assert (await fsClient.request("PATCH", location, data=first)).code == 202
+    monkeypatch.setattr(ociklein.storage.fs._blobs, "writeParts", _fail(code))
+    response = await fsClient.request("PUT", f"{location}?digest={digestOf(first + last)}", data=last)
+    assert (response.code, errorCode(response)) == _ANSWERS[code]
+    monkeypatch.undo()
+    assert (await fsClient.request("GET", location)).code == 404
+    assert _storedBlobs(root) == []
+    assert not list((root / "uploads").iterdir())
 
 
 @pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])

@@ -275,6 +275,28 @@ def test_pipe_keeps_chunks_for_a_synchronous_store() -> None:
     assert sizes == [10, 20, 30]
 
 
+def test_pipe_stops_joining_once_the_store_takes_chunks_at_once() -> None:
+    """After a write that waited, what queued meanwhile is joined once; then, the store taking
+    writes at once again (it queues them for a thread of its own), each chunk goes as it came,
+    with no more joins on the reactor."""
+    clock = Clock()
+    pipe = BodyPipe(None, clock)
+    sizes: list[int] = []
+    slow: Deferred[None] = Deferred()
+
+    def write(chunk: bytes) -> Deferred[None] | None:
+        sizes.append(len(chunk))
+        return slow if len(sizes) == 1 else None
+
+    piece = 256 * 1024
+    pipe.deliverTo(write)
+    for _ in range(7):
+        pipe.dataReceived(b"y" * piece)
+    assert sizes == [piece]
+    slow.callback(None)
+    assert sizes == [piece, 4 * piece, piece, piece]
+
+
 @pytest_twisted.ensureDeferred
 async def test_blobs_are_sent_a_piece_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """A blob's pieces go to the socket in sends of up to a whole piece, not 128 KiB each."""

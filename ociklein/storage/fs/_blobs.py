@@ -15,7 +15,9 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -34,6 +36,7 @@ from ociklein.storage.fs._durable import (
     removeDurably,
     startWriteback,
     writeAll,
+    writeParts,
 )
 from ociklein.storage.fs._maintenance import (
     blobUses,
@@ -71,6 +74,13 @@ _ALGORITHMS = ("sha256", "sha512")
 _HASH_CHUNK = 1024 * 1024
 # Reads of a blob up to this size happen on the caller's thread.
 _INLINE_READ = 64 * 1024
+# An upload's data queued for its writer thread: up to _QUEUED bytes before
+# a write waits, up to _BATCH bytes (and _IOV_MAX pieces) per system call, up
+# to _TURN bytes per turn in the thread pool.
+_QUEUED = 4 * 1024 * 1024
+_BATCH = 1024 * 1024
+_IOV_MAX = 1024  # Linux's limit for one writev
+_TURN = 16 * 1024 * 1024
 # While serving, an upload staged in tmp/ is left alone this many seconds
 # after its creation even if unlocked: it may be about to be locked.
 _SETTLE = 60.0
@@ -193,10 +203,16 @@ class _FileUpload:
         self.size = size
         self._fd: int | None = fd
         self._sha256 = sha256
-        self._error: OSError | None = None
-        self._writing = False
+        self._error: BaseException | None = None
         self._ended = False
         self._idle: list[Deferred[None]] = []
+        # Accepted data not yet written, the writer thread's to take; the
+        # bytes in it; the writes waiting for it to shrink; whether a
+        # thread is draining it, into which descriptor.
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._room: list[Deferred[None]] = []
+        self._draining: int | None = None
 
     def _open(self) -> int:
         """
@@ -226,43 +242,82 @@ class _FileUpload:
 
     def write(self, data: bytes) -> Deferred[None]:
         """
-        Append and hash C{data} in a thread: both release the GIL, so the
-        reactor goes on serving while a large upload is written.  Size and
-        running hash stay those of completed writes.
+        Queue C{data} for a pool thread that appends and hashes what has
+        queued, a batch per system call, while the reactor goes on reading:
+        the thread never waits for the reactor between batches.  Fires once
+        the data is queued, or, past L{_QUEUED} bytes, once the thread has
+        caught up: a slow disk slows the client down.  A failed append
+        fails the next write, L{flush}, L{digest} or L{commit}.
         """
         if self._error is not None:
             return fail(self._error)
-        if self._writing:
+        if self._room:  # the last write has not returned
             return fail(BlockingIOError(errno.EAGAIN, f"upload {self.uploadId} is being written"))
         try:
             fd = self._open()
         except (OSError, ValueError) as e:
             return fail(e)
-        self._writing = True
-        written = inThread(self._store._reactor, _append, fd, data, self._sha256)
+        self._queue.append(data)
+        self._queued += len(data)
+        self.size += len(data)
+        if self._draining is None:
+            self._drain(fd)
+        if self._queued <= _QUEUED:
+            return succeed(None)
+        room: Deferred[None] = Deferred()
+        self._room.append(room)
+        return room
 
-        def done(result: object) -> object:
-            self._writing = False
+    def _drain(self, fd: int) -> None:
+        self._draining = fd
+        reactor = self._store._reactor
+        drained = inThread(
+            reactor, _drainQueue, fd, self._queue, self._sha256, partial(reactor.callFromThread, self._wrote)
+        )
+        drained.addBoth(self._drained)
+
+    def _wrote(self, size: int) -> None:
+        self._queued = max(0, self._queued - size)
+        # Not as soon as there is room again but once half the queue is
+        # free: the body pipe then hands over what waited meanwhile in one
+        # piece and the next megabytes as they come, rather than joining a
+        # megabyte on the reactor after every batch the thread writes.
+        if self._queued <= _QUEUED // 2:
+            self._wake(self._room, None)
+
+    def _drained(self, result: object) -> None:
+        fd, self._draining = self._draining, None
+        if isinstance(result, Failure):
+            # Part of the data may be on disk: the session cannot go on.
+            self._error = result.value
+            self._queue.clear()
+            self._queued = 0
+            self._wake(self._room, result)
+        elif self._queue and fd is not None:
+            # Queued after the thread found the queue empty, or left for the
+            # next turn so that other disk work gets a thread.
+            self._drain(fd)
+            return
+        self._wake(self._room, None)
+        self._wake(self._idle, None)
+
+    @staticmethod
+    def _wake(waiting: list[Deferred[None]], result: object) -> None:
+        ready = list(waiting)
+        waiting.clear()
+        for d in ready:
             if isinstance(result, Failure):
-                if isinstance(result.value, OSError):
-                    # Part of the data may be on disk: the session cannot go on.
-                    self._error = result.value
+                d.errback(result)
             else:
-                self.size += len(data)
-            waiting, self._idle = self._idle, []
-            for d in waiting:
                 d.callback(None)
-            return result
-
-        return written.addBoth(done)
 
     def _whenIdle(self) -> Deferred[None]:
         """
-        Fires once no write is running in a thread, so that the descriptor
+        Fires once no thread is writing queued data, so that the descriptor
         can be closed without a thread still writing to it (or to a file
         that reused its number).
         """
-        if not self._writing:
+        if self._draining is None:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._idle.append(d)
@@ -270,10 +325,19 @@ class _FileUpload:
 
     def flush(self) -> Deferred[None]:
         """
-        Appended data is in the page cache, which every process sharing the
-        root sees; it is fsynced only when the blob is committed.
+        Once the queued data is appended, it is in the page cache, which
+        every process sharing the root sees; it is fsynced only when the
+        blob is committed.
         """
-        return succeed(None)
+        return Deferred.fromCoroutine(self._settled())
+
+    async def _settled(self) -> None:
+        """
+        Wait until everything queued is written; raise what failed.
+        """
+        await self._whenIdle()
+        if self._error is not None:
+            raise self._error
 
     def digest(self, algorithm: str) -> Deferred[str]:
         return Deferred.fromCoroutine(self._digest(algorithm))
@@ -281,6 +345,7 @@ class _FileUpload:
     async def _digest(self, algorithm: str) -> str:
         if algorithm not in _ALGORITHMS:
             raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        await self._settled()
         own = self._open()
         if algorithm == "sha256" and self._sha256 is not None:
             return self._sha256.hexdigest()
@@ -298,9 +363,7 @@ class _FileUpload:
 
     async def _commit(self, digest: str) -> None:
         checkDigest(digest)
-        await self._whenIdle()
-        if self._error is not None:
-            raise self._error
+        await self._settled()
         self._open()
         size = self.size
         fd = self._detach()
@@ -320,6 +383,7 @@ class _FileUpload:
         return Deferred.fromCoroutine(self._abort())
 
     async def _abort(self) -> None:
+        self._queue.clear()  # what the thread has not taken yet is not written
         await self._whenIdle()
         fd = self._detach()
         if fd is not None:
@@ -357,19 +421,45 @@ class _FileUpload:
         Another process appended to the session: our size and running hash
         are stale.
         """
-        if size != self.size and not self._writing:  # our own write explains a difference
+        if size != self.size and self._draining is None:  # our own writes explain a difference
             self.size = size
             self._sha256 = None
 
 
-def _append(fd: int, data: bytes, sha256: _Hash | None) -> None:
-    writeAll(fd, data)
+def _drainQueue(fd: int, queue: deque[bytes], sha256: _Hash | None, wrote: Callable[[int], object]) -> None:
+    """
+    Append what C{queue} holds to C{fd}, a batch at a time, telling
+    C{wrote} each batch's size, until it is empty or L{_TURN} bytes are
+    written (the rest waits for another turn in the pool, so that one
+    upload does not hold a thread for its whole length).
+    """
+    written = 0
+    while written < _TURN:
+        parts: list[bytes] = []
+        size = 0
+        while size < _BATCH and len(parts) < _IOV_MAX:
+            try:
+                part = queue.popleft()
+            except IndexError:  # empty, or cleared by an abort
+                break
+            parts.append(part)
+            size += len(part)
+        if not parts:
+            return
+        _append(fd, parts, size, sha256)
+        written += size
+        wrote(size)
+
+
+def _append(fd: int, parts: list[bytes], size: int, sha256: _Hash | None) -> None:
+    writeParts(fd, parts)
     # Written back as it comes rather than all at commit: a 512 MiB blob's
     # final fsync then waits milliseconds instead of a quarter second, and
     # the kernel is spared throttling a writer with a lot of dirty pages.
-    startWriteback(fd, os.lseek(fd, 0, os.SEEK_CUR) - len(data), len(data))
+    startWriteback(fd, os.lseek(fd, 0, os.SEEK_CUR) - size, size)
     if sha256 is not None:
-        sha256.update(data)
+        for part in parts:
+            sha256.update(part)
 
 
 def _hashFile(fd: int, algorithm: str, size: int) -> _Hash:

@@ -25,6 +25,21 @@ def writeAll(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def writeParts(fd: int, parts: list[bytes]) -> None:
+    """
+    Write C{parts} one after the other, in as few C{os.writev} calls as
+    the kernel allows: no copy of them joined.
+    """
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
 def _loadWriteback() -> Callable[[int, int, int], None]:
     """
     C{sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)} where the
