@@ -76,8 +76,10 @@ _HASH_CHUNK = 1024 * 1024
 _INLINE_READ = 64 * 1024
 # An upload's data queued for its writer thread: up to _QUEUED bytes before
 # a write waits, up to _BATCH bytes (and _IOV_MAX pieces) per system call, up
-# to _TURN bytes per turn in the thread pool.
-_QUEUED = 4 * 1024 * 1024
+# to _TURN bytes per turn in the thread pool.  The queue is short because a
+# PATCH is answered only once its queue is written: the client waits for it,
+# on top of what the body pipe holds.
+_QUEUED = 2 * 1024 * 1024
 _BATCH = 1024 * 1024
 _IOV_MAX = 1024  # Linux's limit for one writev
 _TURN = 16 * 1024 * 1024
