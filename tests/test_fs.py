@@ -23,6 +23,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.internet.task import Clock
 
 import ociklein.storage.fs._blobs
+import ociklein.storage.fs._durable
 from ociklein.interfaces import IBlobStore, IUpload
 from ociklein.storage.fs import FilesystemBlobStore, FilesystemManifestBackend, prepareRoot
 
@@ -1102,6 +1103,28 @@ async def test_waitingWriteResumesOnceHalfTheQueueIsFree(
     await waiting
     await upload.flush()
     assert upload.size == limit + 1
+
+
+def test_partsAreWrittenWholeAfterShortWrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writev that writes less than asked (mid-part or at a part's end) is continued from
+    the first byte it did not write, until every part is written."""
+    realWritev = os.writev
+    calls: list[int] = []
+
+    def short(fd: int, buffers: list[Any]) -> int:
+        calls.append(len(buffers))
+        return realWritev(fd, [memoryview(buffers[0])[:3]]) if len(calls) < 3 else realWritev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", short)
+    parts = [b"abcdef", b"ghi", b"", b"jklmnop"]
+    path = tmp_path / "parts"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        ociklein.storage.fs._durable.writeParts(fd, parts)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(parts)
+    assert calls == [3, 3, 2]
 
 
 def test_writerThreadTakesTurns() -> None:
