@@ -1003,7 +1003,8 @@ async def test_abortWaitsForAWriteInFlight(
 
     monkeypatch.setattr(ociklein.storage.fs._blobs, "_append", slow)
     upload = await store.startUpload("repo")
-    writing = upload.write(b"late data")
+    await upload.write(b"late data")
+    writing = upload.flush()  # less than a batch: written when waited for
     await threads.deferToThread(started.wait, 10)
     aborting = upload.abort()
     assert not aborting.called

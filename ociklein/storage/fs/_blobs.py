@@ -215,6 +215,7 @@ class _FileUpload:
         self._queued = 0
         self._room: list[Deferred[None]] = []
         self._draining: int | None = None
+        self._queuedFd: int | None = None
 
     def _open(self) -> int:
         """
@@ -262,7 +263,10 @@ class _FileUpload:
         self._queue.append(data)
         self._queued += len(data)
         self.size += len(data)
-        if self._draining is None:
+        self._queuedFd = fd
+        if self._draining is None and self._queued >= _BATCH:
+            # A batch's worth, not every network read: one trip to the pool
+            # per MiB at most.  Less waits for more, or for _whenIdle.
             self._drain(fd)
         if self._queued <= _QUEUED:
             return succeed(None)
@@ -295,7 +299,7 @@ class _FileUpload:
             self._queue.clear()
             self._queued = 0
             self._wake(self._room, result)
-        elif self._queue and fd is not None:
+        elif self._queue and fd is not None and (self._queued >= _BATCH or self._idle):
             # Queued after the thread found the queue empty, or left for the
             # next turn so that other disk work gets a thread.
             self._drain(fd)
@@ -319,6 +323,8 @@ class _FileUpload:
         can be closed without a thread still writing to it (or to a file
         that reused its number).
         """
+        if self._draining is None and self._queue and self._queuedFd is not None:
+            self._drain(self._queuedFd)  # the rest, less than a batch
         if self._draining is None:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -423,7 +429,7 @@ class _FileUpload:
         Another process appended to the session: our size and running hash
         are stale.
         """
-        if size != self.size and self._draining is None:  # our own writes explain a difference
+        if size != self.size and self._draining is None and not self._queue:  # our own writes explain it
             self.size = size
             self._sha256 = None
 
