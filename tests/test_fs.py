@@ -1128,6 +1128,25 @@ def test_partsAreWrittenWholeAfterShortWrites(tmp_path: Path, monkeypatch: pytes
     assert calls == [3, 3, 2]
 
 
+@pytest_twisted.ensureDeferred
+async def test_writerThreadStartsForABatchOrWhenWaitedFor(store: FilesystemBlobStore) -> None:
+    """Writes start the writer thread only once a batch has queued, and a flush starts it for
+    less: one trip to the pool per MiB at most, not one per network read."""
+    upload = await store.startUpload("repo")
+    piece = b"p" * 65536
+    for _ in range(ociklein.storage.fs._blobs._BATCH // len(piece) - 1):
+        await upload.write(piece)
+        assert upload._draining is None  # type: ignore[attr-defined]
+    await upload.write(piece)
+    assert upload._draining is not None  # type: ignore[attr-defined]
+    await upload.flush()
+    await upload.write(b"a little more")
+    assert upload._draining is None  # type: ignore[attr-defined]
+    await upload.flush()
+    assert upload.size == ociklein.storage.fs._blobs._BATCH + len(b"a little more")
+    assert await upload.digest("sha256") == hashlib.sha256(piece * 16 + b"a little more").hexdigest()
+
+
 def test_writerThreadTakesTurns() -> None:
     """One turn of an upload's writer thread appends about a turn's worth and leaves the
     rest queued, so that one long upload does not hold a pool thread throughout."""
