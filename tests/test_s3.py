@@ -21,7 +21,7 @@ from conftest import StubClient
 from helpers import digestOf, errorCode
 from seaweedfixture import BUCKET, REGION, S3Backends, SeaweedFS, s3Arguments, uniquePrefix
 from twistdprocess import freePort
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python.usage import UsageError
 
 from ociklein import Registry
@@ -157,6 +157,17 @@ async def test_expiry(seaweedfs: SeaweedFS) -> None:
         await old.flush()
         monolithic = await node.blobs.startUpload("repo", resumable=False)
         await monolithic.write(os.urandom(PART))  # a part in the bucket, as if its node died now
+        # The write returns while its part is still being stored (one part
+        # is sent while the next fills): wait until it is in the bucket.
+        from twisted.internet import reactor
+
+        monolithicPart = keys.uploadPart(monolithic.uploadId, 1)
+        for _ in range(300):
+            if monolithicPart in {e["Key"] for e in client.listObjects(keys.upload(monolithic.uploadId))}:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        else:
+            raise AssertionError("the monolithic upload's part never reached the bucket")
         blobKey = keys.blob(digestOf(b"never finished"))
         client.s3.create_multipart_upload(Bucket=BUCKET, Key=blobKey)
         client.put(keys.upload("x" * 24) + "part-00001", b"left by a killed delete")  # no info
