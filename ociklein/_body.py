@@ -20,7 +20,11 @@ from ociklein.errors import sizeInvalid
 Writer = Callable[[bytes], "Deferred[None] | None"]
 
 CHUNK_SIZE = 1024 * 1024
-_HIGH_WATER = 4 * CHUNK_SIZE
+# What a body may hold while its consumer is busy: the next chunk and one
+# more.  Every upload holds this beside its own buffer (an s3 part, the fs
+# write-behind queue), so it counts per client in a node's memory; the
+# kernel's socket buffers keep the data flowing meanwhile.
+_HIGH_WATER = 2 * CHUNK_SIZE
 
 
 class Body(Protocol):
@@ -38,7 +42,7 @@ class BodyPipe:
     """
     A body still arriving from the network, fed by L{StreamingRequest}.
 
-    While the consumer is busy and more than a few MiB are waiting, the
+    While the consumer is busy and more than two MiB are waiting, the
     transport is paused: the client's TCP window does the buffering.
     """
 
