@@ -79,8 +79,11 @@ def test_twoNodesAsDocumented(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    timedOut = False
     try:
-        output, _ = process.communicate(timeout=240)
+        output, _ = process.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        timedOut = True
     finally:
         # The script leaves SeaweedFS and both nodes running, as a user's
         # shell would: stop its whole process group.
@@ -88,12 +91,15 @@ def test_twoNodesAsDocumented(tmp_path: Path) -> None:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    if timedOut:
+        output, _ = process.communicate()
     text = output.decode(errors="replace")
     logs = "".join(
         f"\n--- {name}\n" + (tmp_path / name).read_text(errors="replace")[-2000:]
         for name in ("node1.log", "node2.log", "weed.log")
         if (tmp_path / name).exists()
     )
+    assert not timedOut, "the script did not finish in 420 s:\n" + text + logs
     assert process.returncode == 0, text + logs
     digests = re.findall(r"^sha256:[0-9a-f]{64}$", text, re.M)
     assert digests == [image.digest] * 3, text
