@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
@@ -103,6 +104,31 @@ def shareableFamily(endpoint: IStreamServerEndpoint) -> str | None:
     return None
 
 
+def acceptOneAtATime(port: object) -> None:
+    """
+    Make C{port}, whose listening socket other processes share, accept one
+    connection each time the reactor finds it ready, not a batch.
+
+    Every process polling a shared socket is woken by a new connection,
+    and Twisted's port accepts as many as are waiting (up to 100, more
+    next time): an idle process took all 32 connections of a benchmark
+    client that opened them at once, and served them alone while the
+    other process had none.  One at a time, the processes take turns, and
+    a busy one, which comes back to its poll later, takes fewer.
+    """
+    if not isinstance(port, tcp.Port) or getattr(port, "_oneAtATime", False):
+        return
+    accept = port.doRead
+
+    def doRead() -> object:
+        port.numberAccepts = 1
+        return accept()
+
+    # The reactor looks doRead up on the port at each event.
+    setattr(port, "doRead", doRead)  # noqa: B010
+    setattr(port, "_oneAtATime", True)  # noqa: B010
+
+
 @implementer(IStreamServerEndpoint)
 class InheritedEndpoint:
     """
@@ -119,7 +145,12 @@ class InheritedEndpoint:
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         adopt: Any = self._reactor.adoptStreamPort
-        return maybeDeferred(adopt, self.fileno, self.family, factory)
+
+        def adopted(port: IListeningPort) -> IListeningPort:
+            acceptOneAtATime(port)  # the parent polls the same socket
+            return port
+
+        return maybeDeferred(adopt, self.fileno, self.family, factory).addCallback(adopted)
 
     def __str__(self) -> str:
         return f"inherited socket {self.fileno}"

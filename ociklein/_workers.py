@@ -2,9 +2,10 @@
 Several processes serving one filesystem root (C{--workers N}).
 
 The process twistd started binds every listening socket once, serves on it,
-and hands the sockets to N-1 worker processes as inherited descriptors; the
-kernel spreads connections across all of them.  No other process can join
-the port, as it could with C{SO_REUSEPORT}.  A
+and hands the sockets to N-1 worker processes as inherited descriptors;
+every process polls them and accepts one connection at a time, so that
+they take turns (L{ociklein._listening.acceptOneAtATime}).  No other process
+can join the port, as it could with C{SO_REUSEPORT}.  A
 L{twisted.runner.procmon.ProcessMonitor} starts the workers, restarts one
 that dies and stops them with the parent; a worker also exits if its parent
 dies.

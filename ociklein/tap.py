@@ -22,6 +22,7 @@ from ociklein import _logging
 from ociklein._listening import (
     FAMILIES,
     InheritedEndpoint,
+    acceptOneAtATime,
     exitOnStartupError,
     parseEndpoint,
     shareableFamily,
@@ -605,7 +606,10 @@ def _addWorkers(
     assert all(family in FAMILIES for family in families)
 
     def descriptors() -> list[int]:
-        return [port.fileno() for port in service.ports]  # type: ignore[attr-defined]
+        ports: list[Any] = service.ports  # type: ignore[attr-defined]
+        for port in ports:
+            acceptOneAtATime(port)  # its workers will poll the same socket
+        return [port.fileno() for port in ports]
 
     log.info("ociklein serving with {count} processes", count=extra + 1)
     return WorkersService(reactor, extra, args, descriptors)

@@ -540,3 +540,40 @@ def test_gc_interval_adds_collector() -> None:
     assert collectors() == []
     [collector] = collectors("--gc-interval", "15m", "--gc-grace", "0")
     assert collector.interval == 900.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_sharedPortAcceptsOneAtATime() -> None:
+    """A port whose socket other processes share accepts one waiting connection per reactor turn."""
+    import socket
+
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    from ociklein._listening import acceptOneAtATime
+
+    accepted: list[Protocol] = []
+
+    class Recording(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    port: Any = reactor.listenTCP(0, Factory.forProtocol(Recording), interface="127.0.0.1")
+    acceptOneAtATime(port)
+    acceptOneAtATime(port)  # once is enough; twice changes nothing
+    clients = []
+    try:
+        # Connected by the kernel, waiting in the backlog: the reactor does
+        # not run until this test yields.
+        clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(5)]
+        port.doRead()
+        assert len(accepted) == 1
+        port.doRead()
+        port.doRead()
+        assert len(accepted) == 3
+    finally:
+        for protocol in accepted:
+            protocol.transport.abortConnection()  # type: ignore[union-attr]
+        for client in clients:
+            client.close()
+        await port.stopListening()

@@ -164,3 +164,54 @@ def test_workers_stop_with_their_parent(
     [worker] = _children(again.process.pid)
     again.stop()
     assert _waitFor(lambda: not _alive(worker))
+
+
+def _establishedSockets(pid: int, port: int) -> int:
+    """
+    How many established TCP connections to local C{port} process C{pid} holds.
+    """
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            held += 1
+    return held
+
+
+def test_workers_share_a_burst_of_connections(
+    twistdRegistry: Callable[..., TwistdRegistry], tmp_path: Path
+) -> None:
+    """32 connections opened at once (as wrk opens them) are shared between both processes,
+    not taken all by the one that happened to be idle."""
+    import socket
+
+    server = twistdRegistry("--backend=fs", f"--root={tmp_path / 'root'}", "--workers=2", "--access-log=no")
+    assert server.process is not None
+    parent = server.process.pid
+    assert _waitFor(lambda: len(_children(parent)) == 1)
+    assert _waitFor(lambda: _workersListening(server, 2))
+    [worker] = _children(parent)
+    for _ in range(20):  # both idle and warm, as after a benchmark's warm-up
+        assert _request(server.port, "GET", "/v2/")[0] == 200
+    clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(32)]
+    try:
+        for client in clients:
+            client.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        for client in clients:
+            assert client.recv(100).startswith(b"HTTP/1.1 200")
+        shares = (_establishedSockets(parent, server.port), _establishedSockets(worker, server.port))
+        assert sum(shares) == 32
+        assert min(shares) >= 6, shares
+    finally:
+        for client in clients:
+            client.close()
