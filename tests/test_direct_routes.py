@@ -1,6 +1,6 @@
 """
-Manifest GET and HEAD and blob HEAD are served without Klein: what goes
-over the wire must be byte for byte what Klein's route would have sent.
+Manifest GET, HEAD and PUT and blob HEAD are served without Klein: what
+goes over the wire must be byte for byte what Klein's route would have sent.
 """
 
 from __future__ import annotations
@@ -96,12 +96,36 @@ def _requests() -> list[bytes]:
     blob = digestOf(LAYER)
     built.append(f"HEAD /v2/repo/blobs/{blob} HTTP/1.0\r\nRange: bytes=2-4\r\n\r\n".encode())
     built.append(b"HEAD /v2/repo/manifests/latest HTTP/1.0\r\n\r\n")
+    content = json.dumps(MANIFEST).encode()
+    unknown = json.dumps(imageManifest(CONFIG, [b"never pushed"])).encode()
+    # Each PUT answers the same the second time (through Klein) as the first.
+    puts = [
+        ("/v2/repo/manifests/latest", OCI_MANIFEST, content),
+        ("/v2/repo/manifests/other", OCI_MANIFEST, content),
+        (f"/v2/repo/manifests/{digest}", OCI_MANIFEST, content),
+        (f"/v2/repo/manifests/{digest}?tag=t1&tag=t2", OCI_MANIFEST, content),
+        (f"/v2/repo/manifests/{digest}?tag=bad%20tag", OCI_MANIFEST, content),
+        ("/v2/repo/manifests/latest?tag=t1", OCI_MANIFEST, content),
+        (f"/v2/repo/manifests/{digest[:-1]}0", OCI_MANIFEST, content),
+        ("/v2/repo/manifests/missing-blob", OCI_MANIFEST, unknown),
+        ("/v2/repo/manifests/latest", OCI_MANIFEST, b"{not json"),
+        ("/v2/repo/manifests/latest", "text/plain", content),
+        ("/v2/repo/manifests/bad%20tag", OCI_MANIFEST, content),
+        ("/v2/Upper/manifests/latest", OCI_MANIFEST, content),
+        ("/v2/a%2Fb/manifests/latest", OCI_MANIFEST, content),
+        ("/v2/a/b/manifests/latest", OCI_MANIFEST, content),
+        ("/v2//repo/manifests/latest", OCI_MANIFEST, content),
+        ("/v2/repo/manifests/latest", OCI_MANIFEST, b""),
+    ]
+    for path, contentType, body in puts:
+        head = f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {contentType}\r\n"
+        built.append(f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
     return built
 
 
 @pytest_twisted.ensureDeferred
 async def test_sameBytesAsKlein(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every manifest GET/HEAD and blob HEAD, good or bad, answers exactly as through Klein."""
+    """Every manifest GET/HEAD/PUT and blob HEAD, good or bad, answers exactly as through Klein."""
     requests = _requests()
     direct = [await threads.deferToThread(_raw, port, r) for r in requests]
     monkeypatch.setattr(ociklein.http._routes, "_DIRECT", frozenset())
@@ -112,7 +136,7 @@ async def test_sameBytesAsKlein(port: int, monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_kleinIsNotCalled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Manifest GET/HEAD and blob HEAD never reach Klein; other requests still do."""
+    """Manifest GET/HEAD/PUT and blob HEAD never reach Klein; other requests still do."""
     client = StubClient(Registry())
     await pushBlob(client, "repo", CONFIG)
     await pushBlob(client, "repo", LAYER)
@@ -130,6 +154,7 @@ async def test_kleinIsNotCalled(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (await client.request("HEAD", "/v2/repo/manifests/latest")).code == 200
     assert (await client.request("HEAD", f"/v2/repo/blobs/{digestOf(LAYER)}")).code == 200
     assert (await client.request("GET", "/v2/repo/manifests/nope")).code == 404
+    assert (await putManifest(client, "repo", "again", json.dumps(MANIFEST).encode())).code == 201
     assert calls == []
     assert (await client.request("GET", f"/v2/repo/blobs/{digestOf(LAYER)}")).code == 200
     assert calls == [b"klein GET"]

@@ -32,7 +32,7 @@ from ociklein.interfaces import IBlobReader, StorageUnavailable
 log = Logger()
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_GET_OR_HEAD = (b"GET", b"HEAD")
+_DIRECT_METHODS = (b"GET", b"HEAD", b"PUT")
 
 _ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("base", re.compile(r"/v2/?")),
@@ -47,8 +47,8 @@ _ROUTES: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 # Served without Klein (see RegistryRoutes.serveDirectly): the small
-# requests that dominate a registry's traffic.
-_DIRECT = frozenset({("manifest", b"GET"), ("manifest", b"HEAD"), ("blob", b"HEAD")})
+# requests that dominate a registry's traffic, pulls and pushes.
+_DIRECT = frozenset({("manifest", b"GET"), ("manifest", b"HEAD"), ("manifest", b"PUT"), ("blob", b"HEAD")})
 
 Handler = Callable[..., Awaitable[bytes | None]]
 
@@ -186,8 +186,8 @@ def _bindable(host: bytes) -> bool:
 
 class _RegistryResource(Resource):
     """
-    The registry's root resource.  Manifest GETs and HEADs and blob HEADs
-    go straight to L{RegistryRoutes.serveDirectly}: Klein would only bind
+    The registry's root resource.  Manifest GETs, HEADs and PUTs and blob
+    HEADs go straight to L{RegistryRoutes.serveDirectly}: Klein would only bind
     werkzeug's URL map and match a route that sends every path to the same
     handler, a fifth of such a request's time.  Everything else goes
     through Klein.
@@ -212,7 +212,7 @@ class _RegistryResource(Resource):
         request.responseHeaders.removeHeader(b"server")
         path = request.path
         # werkzeug answers a path with an empty segment itself (a redirect).
-        if request.method in _GET_OR_HEAD and b"//" not in path:
+        if request.method in _DIRECT_METHODS and b"//" not in path:
             found = _route(path.decode("latin-1"))
             if found is not None and (found[0], request.method) in _DIRECT:
                 return self._routes.serveDirectly(request, *found)
