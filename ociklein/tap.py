@@ -605,11 +605,17 @@ def _addWorkers(
     ]
     assert all(family in FAMILIES for family in families)
 
-    def descriptors() -> list[int]:
-        ports: list[Any] = service.ports  # type: ignore[attr-defined]
-        for port in ports:
-            acceptOneAtATime(port)  # its workers will poll the same socket
-        return [port.fileno() for port in ports]
-
     log.info("ociklein serving with {count} processes", count=extra + 1)
-    return WorkersService(reactor, extra, args, descriptors)
+    return WorkersService(reactor, extra, args, lambda: handedSockets(service))
+
+
+def handedSockets(service: RegistryService) -> list[int]:
+    """
+    The descriptors of C{service}'s listening sockets, to hand to workers;
+    from now on its ports accept one connection at a time, as the workers'
+    do, so that the processes take turns.
+    """
+    ports: list[Any] = service.ports  # type: ignore[attr-defined]
+    for port in ports:
+        acceptOneAtATime(port)
+    return [port.fileno() for port in ports]

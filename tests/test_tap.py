@@ -542,38 +542,91 @@ def test_gc_interval_adds_collector() -> None:
     assert collector.interval == 900.0
 
 
-@pytest_twisted.ensureDeferred
-async def test_sharedPortAcceptsOneAtATime() -> None:
-    """A port whose socket other processes share accepts one waiting connection per reactor turn."""
+def _waitingClients(port: Any, count: int) -> list[Any]:
+    """
+    C{count} connections to C{port}, connected by the kernel and waiting in
+    its backlog: the reactor does not run until the test yields.
+    """
     import socket
 
-    from twisted.internet import reactor
-    from twisted.internet.protocol import Factory, Protocol
+    return [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(count)]
 
-    from ociklein._listening import acceptOneAtATime
 
-    accepted: list[Protocol] = []
+class _Recording:
+    """
+    A factory of protocols that record their connections.
+    """
 
-    class Recording(Protocol):
-        def connectionMade(self) -> None:
-            accepted.append(self)
+    def __init__(self) -> None:
+        from twisted.internet.protocol import Factory, Protocol
 
-    port: Any = reactor.listenTCP(0, Factory.forProtocol(Recording), interface="127.0.0.1")
-    acceptOneAtATime(port)
-    acceptOneAtATime(port)  # once is enough; twice changes nothing
-    clients = []
-    try:
-        # Connected by the kernel, waiting in the backlog: the reactor does
-        # not run until this test yields.
-        clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(5)]
-        port.doRead()
-        assert len(accepted) == 1
-        port.doRead()
-        port.doRead()
-        assert len(accepted) == 3
-    finally:
-        for protocol in accepted:
+        self.accepted: list[Protocol] = []
+        accepted = self.accepted
+
+        class Recording(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        self.factory = Factory.forProtocol(Recording)
+
+    def close(self, clients: list[Any]) -> None:
+        for protocol in self.accepted:
             protocol.transport.abortConnection()  # type: ignore[union-attr]
         for client in clients:
             client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sharedPortAcceptsOneAtATime() -> None:
+    """A port whose socket other processes share accepts one waiting connection per reactor turn."""
+    from twisted.internet import reactor
+
+    from ociklein._listening import acceptOneAtATime
+
+    recording = _Recording()
+    port: Any = reactor.listenTCP(0, recording.factory, interface="127.0.0.1")
+    acceptOneAtATime(port)
+    acceptOneAtATime(port)  # once is enough; twice changes nothing
+    clients = _waitingClients(port, 5)
+    try:
+        port.doRead()
+        assert len(recording.accepted) == 1
+        port.doRead()
+        port.doRead()
+        assert len(recording.accepted) == 3
+    finally:
+        recording.close(clients)
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_handedAndInheritedSocketsAcceptOneAtATime() -> None:
+    """The parent's ports, once their sockets are handed to workers, and a worker's inherited
+    socket both accept one connection per reactor turn."""
+    import os
+
+    from twisted.internet import reactor
+
+    from ociklein._listening import InheritedEndpoint
+    from ociklein.tap import handedSockets
+
+    recording = _Recording()
+    parentPort: Any = reactor.listenTCP(0, recording.factory, interface="127.0.0.1")
+
+    class Service:
+        ports = [parentPort]
+
+    [fd] = handedSockets(Service())  # type: ignore[arg-type]
+    inherited = os.dup(fd)  # what the worker finds as descriptor 3
+    workerPort: Any = await InheritedEndpoint(reactor, inherited, "INET").listen(recording.factory)
+    os.close(inherited)
+    clients = _waitingClients(parentPort, 4)
+    try:
+        parentPort.doRead()
+        assert len(recording.accepted) == 1
+        workerPort.doRead()
+        assert len(recording.accepted) == 2
+    finally:
+        recording.close(clients)
+        await workerPort.stopListening()
+        await parentPort.stopListening()

@@ -192,7 +192,8 @@ def test_workers_share_a_burst_of_connections(
     twistdRegistry: Callable[..., TwistdRegistry], tmp_path: Path
 ) -> None:
     """32 connections opened at once (as wrk opens them) are shared between both processes,
-    not taken all by the one that happened to be idle."""
+    not taken all by the one that happened to be idle.  (Which process takes which connection
+    is a race either way; tests/test_tap.py pins how each port accepts.)"""
     import socket
 
     server = twistdRegistry("--backend=fs", f"--root={tmp_path / 'root'}", "--workers=2", "--access-log=no")
@@ -211,7 +212,7 @@ def test_workers_share_a_burst_of_connections(
             assert client.recv(100).startswith(b"HTTP/1.1 200")
         shares = (_establishedSockets(parent, server.port), _establishedSockets(worker, server.port))
         assert sum(shares) == 32
-        assert min(shares) >= 6, shares
+        assert min(shares) >= 4, shares
     finally:
         for client in clients:
             client.close()
