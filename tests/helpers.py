@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+from collections.abc import Callable
 from typing import Any
 
 
@@ -155,3 +156,18 @@ async def pushImage(
     response = await putManifest(client, name, reference or digest, content)
     assert response.code == 201, (response.code, response.body)
     return digest, content
+
+
+async def waitFor(condition: Callable[[], bool], seconds: float = 10, what: str = "condition") -> None:
+    """
+    Let the reactor run until C{condition()} holds; fail after C{seconds},
+    saying C{what} was awaited.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"{what} not reached in {seconds} s")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers import waitFor
 from twisted.application.internet import TimerService
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.task import Clock
@@ -747,7 +748,7 @@ async def test_readsOnePieceAhead(store: FilesystemBlobStore, monkeypatch: pytes
     assert reader is not None
     got = [await reader.read(0, piece)]
     # The read ahead runs in a pool thread of its own: wait until it has run.
-    await _until(lambda: len(offsets) >= 2)
+    await waitFor(lambda: len(offsets) >= 2, 30, "the read ahead")
     assert sorted(offsets) == [0, piece]
     offset = piece
     while offset < len(data):
@@ -794,19 +795,8 @@ async def test_closeWaitsForRunningReads(store: FilesystemBlobStore, monkeypatch
     release.set()
     assert await reading == data[: 1024 * 1024]
     # The piece read ahead finishes too; then the descriptor is closed, once.
-    await _until(lambda: fds[0] in closed)
+    await waitFor(lambda: fds[0] in closed, 30, "the descriptor closed")
     assert closed.count(fds[0]) == 1
-
-
-async def _until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
-    """
-    Turn the reactor until C{condition} holds, or fail after C{seconds}.
-    """
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {seconds} s: {condition}")
-        await task.deferLater(reactor, 0.005, lambda: None)
 
 
 # Preparing the root

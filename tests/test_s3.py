@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from conftest import StubClient
-from helpers import digestOf, errorCode
+from helpers import digestOf, errorCode, waitFor
 from seaweedfixture import BUCKET, REGION, S3Backends, SeaweedFS, s3Arguments, uniquePrefix
 from twistdprocess import freePort
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 
 from ociklein import Registry
@@ -157,17 +157,14 @@ async def test_expiry(seaweedfs: SeaweedFS) -> None:
         await old.flush()
         monolithic = await node.blobs.startUpload("repo", resumable=False)
         await monolithic.write(os.urandom(PART))  # a part in the bucket, as if its node died now
+
         # The write returns while its part is still being stored (one part
         # is sent while the next fills): wait until it is in the bucket.
-        from twisted.internet import reactor
+        def stored() -> bool:
+            listed = client.listObjects(keys.upload(monolithic.uploadId))
+            return keys.uploadPart(monolithic.uploadId, 1) in {e["Key"] for e in listed}
 
-        monolithicPart = keys.uploadPart(monolithic.uploadId, 1)
-        for _ in range(300):
-            if monolithicPart in {e["Key"] for e in client.listObjects(keys.upload(monolithic.uploadId))}:
-                break
-            await deferLater(reactor, 0.05, lambda: None)
-        else:
-            raise AssertionError("the monolithic upload's part never reached the bucket")
+        await waitFor(stored, 15, "the part in the bucket")
         blobKey = keys.blob(digestOf(b"never finished"))
         client.s3.create_multipart_upload(Bucket=BUCKET, Key=blobKey)
         client.put(keys.upload("x" * 24) + "part-00001", b"left by a killed delete")  # no info
@@ -548,14 +545,7 @@ async def _idle(reader: Any) -> None:
     """
     Wait (at most 30 s) until a reader has no read running.
     """
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    for _ in range(3000):
-        if reader._fetching is None:
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("the reader kept reading")
+    await waitFor(lambda: reader._fetching is None, 30, "the reader done reading")
 
 
 @pytest_twisted.ensureDeferred
@@ -680,8 +670,6 @@ async def test_digestFirstWrongDigestStoresNothing(seaweedfs: SeaweedFS, monolit
 @pytest_twisted.ensureDeferred
 async def test_digestFirstLeftUnfinishedContinuesFromTheBucket(seaweedfs: SeaweedFS) -> None:
     """A digest-first request ending uncommitted aborts its blob's upload; the session goes on as stored"""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
 
     node = S3Backends(seaweedfs, partSize=PART)
     try:
@@ -692,10 +680,7 @@ async def test_digestFirstLeftUnfinishedContinuesFromTheBucket(seaweedfs: Seawee
         await upload._settled()  # the part sent
         assert len(_multipartsUnder(node)) == 1
         upload.close()  # the request ended: the client went away mid-body
-        for _ in range(3000):
-            if not _multipartsUnder(node):
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await waitFor(lambda: not _multipartsUnder(node), 30, "the multipart upload aborted")
         assert _multipartsUnder(node) == []
         resumed: Any = await node.blobs.getUpload(upload.uploadId)
         assert resumed is not upload and resumed.size == 0
@@ -710,9 +695,6 @@ async def test_digestFirstLeftUnfinishedContinuesFromTheBucket(seaweedfs: Seawee
 async def test_partsStoredWhileTheNextFills(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> None:
     """One session's write returns while its part is stored; beyond SPARE_PARTS a write waits for its part."""
     import threading
-
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
 
     from ociklein.storage.s3 import _uploads
 
@@ -733,12 +715,8 @@ async def test_partsStoredWhileTheNextFills(seaweedfs: SeaweedFS, monkeypatch: p
         await first.write(os.urandom(PART + 1))  # returns with its part held
         assert entered.acquire(timeout=30)
         waiting = second.write(os.urandom(PART + 1))
-        for _ in range(3000):  # the reactor turns while the part is being sent
-            if entered.acquire(blocking=False):
-                break
-            await deferLater(reactor, 0.01, lambda: None)
-        else:
-            raise AssertionError("the second part was never sent")
+        # The reactor turns while the part is being sent.
+        await waitFor(lambda: entered.acquire(blocking=False), 30, "the second part sent")
         assert not waiting.called  # no spare part left: it waits for its own
         gate.set()
         await waiting

@@ -13,19 +13,18 @@ import math
 import random
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
 import treq
-from helpers import contentLength, digestOf, errorCode, header, pushBlob, startUpload
+from helpers import contentLength, digestOf, errorCode, header, pushBlob, startUpload, waitFor
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer
@@ -841,17 +840,6 @@ def record(registry: Registry) -> _RecordingStore:
     recorder = _RecordingStore(registry.core.blobs)
     registry.core.blobs = recorder
     return recorder
-
-
-async def waitFor(condition: Callable[[], bool], seconds: float = 10) -> None:
-    """
-    Let the reactor run until C{condition()} holds.
-    """
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture
