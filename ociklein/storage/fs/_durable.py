@@ -12,8 +12,12 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 from ociklein.storage.fs._paths import DISCARDED
+
+_T = TypeVar("_T")
 
 
 def writeAll(fd: int, data: bytes) -> None:
@@ -96,18 +100,25 @@ def ensureDir(path: str) -> None:
     fsyncDir(parent)
 
 
+def _newInTmp(root: str, suffix: str, create: Callable[[str], _T]) -> tuple[_T, str]:
+    """
+    C{create(path)} at a new random name in C{root/tmp}, another name if
+    that one exists, so that processes sharing the root never collide.
+    """
+    while True:
+        path = os.path.join(root, "tmp", secrets.token_hex(16) + suffix)
+        try:
+            return create(path), path
+        except FileExistsError:
+            continue
+
+
 def createTemp(root: str, suffix: str = ".tmp") -> tuple[int, str]:
     """
     A new file in C{root/tmp}, with a random name and C{O_EXCL} so that
     processes sharing the root never write the same temp file.
     """
-    while True:
-        path = os.path.join(root, "tmp", secrets.token_hex(16) + suffix)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            continue
-        return fd, path
+    return _newInTmp(root, suffix, lambda path: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
 
 
 def linkTemp(root: str, source: str) -> str:
@@ -115,13 +126,7 @@ def linkTemp(root: str, source: str) -> str:
     A new name in C{root/tmp} for the file C{source} (a hard link), to be
     renamed into place as a second name of the same data.
     """
-    while True:
-        path = os.path.join(root, "tmp", secrets.token_hex(16) + ".tmp")
-        try:
-            os.link(source, path)
-        except FileExistsError:
-            continue
-        return path
+    return _newInTmp(root, ".tmp", partial(os.link, source))[1]
 
 
 def removeQuietly(path: str) -> None:
