@@ -32,7 +32,6 @@ from ociklein.interfaces import IBlobReader, StorageUnavailable
 log = Logger()
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_DIRECT_METHODS = (b"GET", b"HEAD", b"PUT")
 
 _ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("base", re.compile(r"/v2/?")),
@@ -49,6 +48,7 @@ _ROUTES: list[tuple[str, re.Pattern[str]]] = [
 # Served without Klein (see RegistryRoutes.serveDirectly): the small
 # requests that dominate a registry's traffic, pulls and pushes.
 _DIRECT = frozenset({("manifest", b"GET"), ("manifest", b"HEAD"), ("manifest", b"PUT"), ("blob", b"HEAD")})
+_DIRECT_METHODS = frozenset(method for _, method in _DIRECT)
 
 Handler = Callable[..., Awaitable[bytes | None]]
 
