@@ -20,7 +20,7 @@ import pytest
 import pytest_twisted
 from helpers import waitFor
 from twisted.application.internet import TimerService
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, threads
 from twisted.internet.task import Clock
 
 import ociklein.storage.fs._blobs
@@ -1100,9 +1100,7 @@ async def test_waitingWriteResumesOnceHalfTheQueueIsFree(
     queued = [limit + 1 - n * batch for n in range(1, limit // batch + 1)]
     for left in queued:
         gate.release()
-        deadline = time.monotonic() + 10
-        while upload._queued > left and time.monotonic() < deadline:  # type: ignore[attr-defined]
-            await task.deferLater(reactor, 0.001, lambda: None)
+        await waitFor(lambda left=left: upload._queued <= left, 10, f"{left} bytes queued")  # type: ignore[attr-defined]
         assert waiting.called == (left <= limit // 2), left
     gate.release()
     await waiting
